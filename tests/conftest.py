@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny on-disk datasets and a helper that runs an entry script as a user would."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fakedata import make_cifar, make_image_folder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory):
+    return make_cifar(tmp_path_factory.mktemp("cifar10"), "cifar10")
+
+
+@pytest.fixture(scope="session")
+def cifar100_root(tmp_path_factory):
+    return make_cifar(tmp_path_factory.mktemp("cifar100"), "cifar100", n_train=200, n_test=100)
+
+
+@pytest.fixture(scope="session")
+def imagefolder_root(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("imagefolder"))
+
+
+def script_env(**extra):
+    """Environment for subprocess runs: single-threaded, CPU only, repo importable, no network."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0",
+               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_script(args, cwd=None, check=True, timeout=600, env=None):
+    """Runs ``python <args>`` (or ``[executable, ...]``) like a user; returns the CompletedProcess."""
+    cmd = [sys.executable] + [str(a) for a in args]
+    p = subprocess.run(cmd, cwd=cwd or ROOT, env=env or script_env(), capture_output=True, text=True,
+                       timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\n"
+                             f"stderr:\n{p.stderr[-4000:]}")
+    return p
+
+
+def assert_clean_error(p, *fragments):
+    """A user error: non-zero exit, no traceback, one ``error:`` line naming the problem."""
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [line for line in p.stderr.strip().splitlines() if "error" in line.lower()]
+    assert len(lines) >= 1, p.stderr
+    for frag in fragments:
+        assert frag.lower() in p.stderr.lower(), (frag, p.stderr)
