@@ -1,0 +1,1 @@
+"""Un-Mix with SwAV (CIFAR and ImageNet)."""

@@ -1,0 +1,1 @@
+"""Shared SwAV + Un-Mix code for ``for_CIFAR`` and ``for_ImageNet``."""
