@@ -1,0 +1,405 @@
+"""Linear classification on frozen SwAV features (upstream ``eval_linear.py``, CIFAR and ImageNet).
+
+One implementation for both variants; ``for_CIFAR/eval_linear.py`` and ``for_ImageNet/eval_linear.py``
+only pick the variant (data, defaults, normalisation, stem). Upstream behaviour kept:
+
+* backbone ``<arch>(output_dim=0, eval_mode=True)`` in ``eval()`` under ``no_grad`` (BN uses the
+  pretrained running statistics), not DDP-wrapped; ``RegLog`` = pool -> (BN) -> flatten -> Linear with
+  weight ~ N(0, 0.01), bias 0, DDP-wrapped when distributed;
+* SGD(momentum 0.9) with a per-epoch cosine (or step) schedule, ``DistributedSampler`` for training
+  (also with one process, so the sample order is upstream's), the full validation set on every rank;
+* ``best_acc`` = the best validation top-1 over epochs, the number upstream reports;
+* dump layout: ``params.pkl``, ``checkpoints/``, ``stats{rank}.pkl``, ``train.log`` and
+  ``checkpoint.pth.tar`` = {epoch, state_dict (``module.linear.*``), optimizer, scheduler, best_acc}.
+
+Fixed (upstream quirks that are bugs, not numbers): pretrained weights are checked key by key and a
+checkpoint that does not match the backbone is refused (upstream's ``strict=False`` silently trained
+on random weights), a missing ``--pretrained`` file is an error, ``accuracy`` uses ``reshape``,
+``resnet50w5`` has its feature size, a finished run is not overwritten without ``--resume true``.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torchvision.transforms as T
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
+                               set_rng_state)
+from common.cli import CLIError, HelpFormatter, add_local_rank_arg, bool_flag, prepare_output_dir
+from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, image_folder
+from common.dist import barrier, cleanup, init_distributed, launcher_env
+from common.logs import write_csv
+from common.utils import AverageMeter, accuracy, seed_everything, worker_count
+
+from .exp import PDStats, initialize_exp
+from .resnet import ARCHS, build
+
+# Upstream eval_linear (CIFAR) normalises with the true CIFAR-10 std, which differs from the std used
+# in pretraining (0.2023, 0.1994, 0.2010): kept, it produced the published numbers.
+CIFAR_EVAL_STD = (0.2470, 0.2435, 0.2616)
+# Upstream SwAV uses 0.228 (not torchvision's 0.229) for the red channel: kept for compatibility.
+SWAV_IMAGENET_STD = (0.228, 0.224, 0.225)
+
+CHECKPOINT = "checkpoint.pth.tar"
+# pretraining keys that are not part of the backbone (SwAV head / prototypes; torchvision's fc)
+NOT_BACKBONE = ("projection_head.", "prototypes", "fc.")
+
+VARIANTS = {
+    "cifar": dict(description="Evaluate models: linear classification on CIFAR-10/100",
+                  data_path="cifar10", arch="resnet18", workers=20, crop_size=32, cifar_stem=True),
+    "imagenet": dict(description="Evaluate models: linear classification on ImageNet",
+                     data_path="/path/to/imagenet", arch="resnet50", workers=10, crop_size=224,
+                     cifar_stem=False),
+}
+
+
+def add_common_args(parser, v):
+    """Arguments shared by eval_linear and eval_semisup (upstream names)."""
+    parser.add_argument("--dump_path", type=str, default=".", help="experiment dump path")
+    parser.add_argument("--seed", type=int, default=31, help="seed")
+    if v is VARIANTS["cifar"]:
+        parser.add_argument("--data_path", type=str, default=v["data_path"], choices=["cifar10", "cifar100"],
+                            help="dataset name, as upstream")
+        parser.add_argument("--data_root", type=str, default=None,
+                            help="folder holding (or receiving) the CIFAR python files; "
+                                 "default: upstream's data/CIFAR-10 or data/CIFAR-100 under the cwd")
+    else:
+        parser.add_argument("--data_path", type=str, default=v["data_path"],
+                            help="dataset root holding train/ and val/ ImageFolder trees")
+    parser.add_argument("--workers", type=int, default=v["workers"],
+                        help="data loading workers (capped to the CPUs available)")
+    parser.add_argument("--arch", type=str, default=v["arch"], choices=list(ARCHS), help="backbone")
+    parser.add_argument("--pretrained", type=str, default="",
+                        help="pretraining checkpoint (SwAV or SwAV+Un-Mix checkpoint.pth.tar, ckp-N.pth, "
+                             "or a raw state_dict); empty = random weights")
+    parser.add_argument("--dist_url", type=str, default="env://", help="url used to set up distributed training")
+    parser.add_argument("--world_size", type=int, default=-1, help="set from the launcher's environment")
+    parser.add_argument("--rank", type=int, default=0, help="set from the launcher's environment")
+    add_local_rank_arg(parser)
+    parser.add_argument("--resume", type=bool_flag, default=False,
+                        help="continue the run in --dump_path (upstream always did; here a finished or "
+                             "interrupted run is never silently continued or overwritten)")
+
+
+def build_parser(variant):
+    v = VARIANTS[variant]
+    parser = argparse.ArgumentParser(description=v["description"], formatter_class=HelpFormatter)
+    add_common_args(parser, v)
+    parser.add_argument("--global_pooling", type=bool_flag, default=True,
+                        help="global average pooling (else AvgPool2d(6) on resnet50's 7x7 map)")
+    parser.add_argument("--use_bn", type=bool_flag, default=False,
+                        help="BatchNorm2d before the linear layer (only with --global_pooling false)")
+    parser.add_argument("--epochs", type=int, default=100, help="number of total epochs to run")
+    parser.add_argument("--batch_size", type=int, default=32, help="batch size per process")
+    parser.add_argument("--num_labels", type=int, default=0,
+                        help="classes of the linear layer; 0 = the dataset's number of classes "
+                             "(upstream: 10 / 100 passed by the CIFAR scripts, 1000 on ImageNet)")
+    parser.add_argument("--crop_size", type=int, default=v["crop_size"], help="training crop size")
+    if variant == "imagenet":
+        parser.add_argument("--val_resize", type=int, default=256,
+                            help="validation Resize before CenterCrop(crop_size)")
+    parser.add_argument("--lr", type=float, default=0.3, help="initial learning rate")
+    parser.add_argument("--wd", type=float, default=1e-6, help="weight decay")
+    parser.add_argument("--nesterov", type=bool_flag, default=False, help="nesterov momentum")
+    parser.add_argument("--scheduler_type", type=str, default="cosine", choices=["step", "cosine"],
+                        help="learning rate scheduler")
+    parser.add_argument("--decay_epochs", type=int, nargs="+", default=[60, 80],
+                        help="epochs at which to decay the lr (step scheduler)")
+    parser.add_argument("--gamma", type=float, default=0.1, help="lr decay factor (step scheduler)")
+    parser.add_argument("--final_lr", type=float, default=0.0, help="final lr (cosine scheduler)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- #
+# pieces shared with eval_semisup
+# ---------------------------------------------------------------------------------------------- #
+def setup_distributed(args):
+    """``(rank, world_size, device)`` from the launcher (torchrun, torch.distributed.launch, srun)."""
+    env = launcher_env()
+    rank, world, local_rank = env if env else (0, 1, args.local_rank)
+    args.rank, args.world_size = rank, world
+    try:
+        device = init_distributed(rank, world, args.dist_url, local_rank=local_rank)
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"cannot initialise distributed training with --dist_url {args.dist_url}: "
+                       f"{str(e).splitlines()[0]}") from None
+    return rank, world, device
+
+
+def check_positive(args, *names):
+    for n in names:
+        if getattr(args, n) <= 0:
+            raise CLIError(f"--{n} must be positive (got {getattr(args, n)})")
+
+
+def imagenet_transforms(crop_size, val_resize):
+    normalize = T.Normalize(mean=IMAGENET_MEAN, std=SWAV_IMAGENET_STD)
+    train = T.Compose([T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    val = T.Compose([T.Resize(val_resize), T.CenterCrop(crop_size), T.ToTensor(), normalize])
+    return train, val
+
+
+def imagenet_datasets(data_path, train_tf, val_tf, train_cls=None):
+    """``ImageFolder(data_path/train)`` and ``ImageFolder(data_path/val)`` with the same classes."""
+    if not os.path.isdir(data_path):
+        raise CLIError(f"--data_path {data_path} does not exist (expected a folder with train/ and val/)")
+    for split in ("train", "val"):
+        if not os.path.isdir(os.path.join(data_path, split)):
+            raise CLIError(f"--data_path {data_path} has no {split}/ folder (expected {data_path}/{split}/<class>/<image>)")
+    train = (train_cls or image_folder)(os.path.join(data_path, "train"), train_tf)
+    val = image_folder(os.path.join(data_path, "val"), val_tf)
+    if list(val.classes) != list(train.classes):
+        raise CLIError(f"{data_path}/train and {data_path}/val have different class folders "
+                       f"({len(train.classes)} vs {len(val.classes)})")
+    return train, val
+
+
+def load_backbone(model, path, logger, what="pretrained weights"):
+    """Loads a SwAV / SwAV+Un-Mix pretraining checkpoint into ``model`` (no head, no prototypes).
+
+    Accepts ``{"state_dict": ...}`` or a raw state_dict, ``module.``-prefixed or not; the projection
+    head, the prototypes (and a torchvision ``fc``) are dropped; every remaining key must match the
+    backbone key for key and shape for shape, else one clear error (upstream loaded with
+    ``strict=False`` and silently trained on random weights).
+    """
+    ckpt = load_checkpoint(path, map_location="cpu")
+    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not all(torch.is_tensor(t) for t in sd.values()):
+        raise CLIError(f"{path} holds no state_dict (a dict of tensors, or {{'state_dict': ...}})")
+    sd = {k.replace("module.", ""): t for k, t in sd.items()}
+    ignored = sorted(k for k in sd if k.startswith(NOT_BACKBONE))
+    sd = {k: t for k, t in sd.items() if not k.startswith(NOT_BACKBONE)}
+    check_compatible(model, sd, what=f"{what} {path}")
+    model.load_state_dict(sd, strict=True)
+    logger.info(f"Loaded {len(sd)} backbone tensors from {path} "
+                f"(ignored {len(ignored)} head/prototype keys: {', '.join(ignored[:6])}"
+                f"{', ...' if len(ignored) > 6 else ''})")
+    return ckpt
+
+
+def loader(dataset, batch_size, workers, sampler=None, shuffle=False):
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle and sampler is None,
+                      num_workers=worker_count(workers), pin_memory=torch.cuda.is_available(),
+                      drop_last=False, persistent_workers=False)
+
+
+def resume_state(path, resume, logger):
+    """The checkpoint dict in ``path`` when resuming and it exists, else ``None``."""
+    ckpt_path = os.path.join(path, CHECKPOINT)
+    if not (resume and os.path.isfile(ckpt_path)):
+        return None
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    logger.info(f"Found checkpoint at {ckpt_path}: resuming from epoch {ckpt.get('epoch', 0)}")
+    return ckpt
+
+
+def with_module_prefix(state_dict):
+    """``module.``-prefixed keys, as upstream's DDP-wrapped classifier wrote them (for any world size)."""
+    return {k if k.startswith("module.") else "module." + k: t for k, t in state_dict.items()}
+
+
+def strip_module(state_dict):
+    return {k[len("module."):] if k.startswith("module.") else k: t for k, t in state_dict.items()}
+
+
+def unwrap(model):
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------------------------------------- #
+# linear classifier
+# ---------------------------------------------------------------------------------------------- #
+class RegLog(nn.Module):
+    """Upstream's linear classifier: pool -> (BN) -> flatten -> Linear (keys ``linear.*``, ``bn.*``)."""
+
+    def __init__(self, num_labels, num_features=2048, global_avg=True, use_bn=False):
+        super().__init__()
+        self.bn = None
+        if global_avg:
+            s = num_features
+            self.av_pool = nn.AdaptiveAvgPool2d((1, 1))
+        else:  # upstream: resnet50 only, AvgPool2d(6) on the 7x7 map -> 2x2x2048
+            s = 4 * num_features
+            self.av_pool = nn.AvgPool2d(6, stride=1)
+            if use_bn:
+                self.bn = nn.BatchNorm2d(num_features)
+        self.linear = nn.Linear(s, num_labels)
+        self.linear.weight.data.normal_(mean=0.0, std=0.01)
+        self.linear.bias.data.zero_()
+
+    def forward(self, x):
+        x = self.av_pool(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.linear(torch.flatten(x, 1))
+
+
+def build_data(args, variant):
+    if variant == "cifar":
+        root = args.data_root or {"cifar10": "data/CIFAR-10", "cifar100": "data/CIFAR-100"}[args.data_path]
+        normalize = T.Normalize(mean=CIFAR10_MEAN, std=CIFAR_EVAL_STD)
+        train_tf = T.Compose([T.RandomResizedCrop(args.crop_size), T.RandomHorizontalFlip(), T.ToTensor(),
+                              normalize])
+        val_tf = T.Compose([T.ToTensor(), normalize])  # full 32x32 image, no crop (upstream)
+        train = cifar(args.data_path, root, True, train_tf)
+        val = cifar(args.data_path, root, False, val_tf)
+        return train, val, len(train.classes)
+    train_tf, val_tf = imagenet_transforms(args.crop_size, args.val_resize)
+    train, val = imagenet_datasets(args.data_path, train_tf, val_tf)
+    return train, val, len(train.classes)
+
+
+def train_one_epoch(model, reglog, optimizer, loader_, epoch, device, logger, rank):
+    batch_time, data_time, losses, top1, top5 = (AverageMeter() for _ in range(5))
+    model.eval()  # frozen backbone: running BN statistics of the pretrained model
+    reglog.train()
+    criterion = nn.CrossEntropyLoss()
+    end = time.perf_counter()
+    for it, (inp, target) in enumerate(loader_):
+        data_time.update(time.perf_counter() - end)
+        inp, target = inp.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with torch.no_grad():
+            feats = model(inp)
+        output = reglog(feats)
+        loss = criterion(output, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        acc1, acc5 = accuracy(output, target, topk=(1, 5))
+        losses.update(loss.item(), inp.size(0))
+        top1.update(acc1.item(), inp.size(0))
+        top5.update(acc5.item(), inp.size(0))
+        batch_time.update(time.perf_counter() - end)
+        end = time.perf_counter()
+        if rank == 0 and it % 50 == 0:
+            logger.info(f"Epoch[{epoch}] - Iter: [{it}/{len(loader_)}]\t"
+                        f"Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
+                        f"Data {data_time.val:.3f} ({data_time.avg:.3f})\t"
+                        f"Loss {losses.val:.4f} ({losses.avg:.4f})\t"
+                        f"Prec {top1.val:.3f} ({top1.avg:.3f})\t"
+                        f"LR {optimizer.param_groups[0]['lr']}")
+    return epoch, losses.avg, top1.avg, top5.avg
+
+
+@torch.no_grad()
+def validate(model, head, loader_, device):
+    """``(loss, top1, top5)`` averaged over ``loader_``; ``head`` is None when ``model`` has its own."""
+    losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
+    model.eval()
+    if head is not None:
+        head.eval()
+    criterion = nn.CrossEntropyLoss()
+    for inp, target in loader_:
+        inp, target = inp.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        output = model(inp) if head is None else head(model(inp))
+        acc1, acc5 = accuracy(output, target, topk=(1, 5))
+        losses.update(criterion(output, target).item(), inp.size(0))
+        top1.update(acc1.item(), inp.size(0))
+        top5.update(acc5.item(), inp.size(0))
+    return losses.avg, top1.avg, top5.avg
+
+
+def main(variant, argv=None):
+    args = build_parser(variant).parse_args(argv)
+    check_positive(args, "epochs", "batch_size", "crop_size", "lr")
+    if variant == "imagenet":
+        check_positive(args, "val_resize")
+    if args.num_labels < 0:
+        raise CLIError(f"--num_labels must be >= 0 (got {args.num_labels})")
+    if not args.global_pooling and (args.arch != "resnet50" or variant == "cifar"):
+        raise CLIError("--global_pooling false needs resnet50's 7x7 ImageNet feature map "
+                       "(AvgPool2d(6) as upstream); use --global_pooling true")
+    if args.pretrained and not os.path.isfile(args.pretrained):
+        raise CLIError(f"--pretrained {args.pretrained} does not exist "
+                       "(pass '' to train on random weights deliberately)")
+
+    rank, world, device = setup_distributed(args)
+    prepare_output_dir(args.dump_path, args.resume, CHECKPOINT)
+    barrier()
+    seed_everything(args.seed)
+    logger, stats = initialize_exp(args, "epoch", "loss", "prec1", "prec5", "loss_val", "prec1_val",
+                                   "prec5_val", rank=rank)
+
+    # ---- data
+    train_set, val_set, n_classes = build_data(args, variant)
+    num_labels = args.num_labels or n_classes
+    if num_labels < n_classes:
+        raise CLIError(f"--num_labels {num_labels} is smaller than the {n_classes} classes of the dataset")
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank)  # shuffle, seed 0 (upstream)
+    train_loader = loader(train_set, args.batch_size, args.workers, sampler=sampler)
+    val_loader = loader(val_set, args.batch_size, args.workers)  # every rank: full set (upstream)
+    logger.info(f"Building data done: {len(train_set)} train / {len(val_set)} val images, {n_classes} classes")
+
+    # ---- model
+    model = build(args.arch, output_dim=0, eval_mode=True, cifar_stem=VARIANTS[variant]["cifar_stem"])
+    reglog = RegLog(num_labels, model.num_features, args.global_pooling, args.use_bn)
+    if args.pretrained:
+        load_backbone(model, args.pretrained, logger)
+    else:
+        logger.warning("No pretrained weights given => training with random weights")
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    reglog.to(device)
+    if world > 1:
+        reglog = nn.SyncBatchNorm.convert_sync_batchnorm(reglog)
+        reglog = nn.parallel.DistributedDataParallel(
+            reglog, device_ids=[device.index] if device.type == "cuda" else None)
+
+    optimizer = torch.optim.SGD(reglog.parameters(), lr=args.lr, nesterov=args.nesterov, momentum=0.9,
+                                weight_decay=args.wd)
+    if args.scheduler_type == "step":
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.final_lr)
+
+    # ---- resume
+    start_epoch, best_acc = 0, 0.0
+    ckpt = resume_state(args.dump_path, args.resume, logger)
+    if ckpt is not None:
+        try:
+            check_compatible(unwrap(reglog), strip_module(ckpt["state_dict"]), what="linear classifier checkpoint")
+            unwrap(reglog).load_state_dict(strip_module(ckpt["state_dict"]))
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        except (KeyError, ValueError) as e:
+            raise CLIError(f"{os.path.join(args.dump_path, CHECKPOINT)} is not a linear-eval checkpoint "
+                           f"of this configuration: {e}") from None
+        start_epoch, best_acc = ckpt["epoch"], ckpt["best_acc"]
+        stats = PDStats(stats.path, stats.columns, ckpt.get("stats", []))
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+
+    # ---- loop
+    for epoch in range(start_epoch, args.epochs):
+        logger.info(f"============ Starting epoch {epoch} ... ============")
+        sampler.set_epoch(epoch)
+        scores = train_one_epoch(model, reglog, optimizer, train_loader, epoch, device, logger, rank)
+        scores_val = validate(model, reglog, val_loader, device)
+        if scores_val[1] > best_acc:
+            best_acc = scores_val[1]
+        if rank == 0:
+            logger.info(f"Test:\tLoss {scores_val[0]:.4f}\tAcc@1 {scores_val[1]:.3f}\t"
+                        f"Best Acc@1 so far {best_acc:.1f}")
+        stats.update(scores + scores_val)
+        scheduler.step()
+        if rank == 0:
+            save_atomic({"epoch": epoch + 1,
+                         "state_dict": with_module_prefix(unwrap(reglog).state_dict()),
+                         "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(),
+                         "best_acc": best_acc,
+                         # extras (not upstream): exact resume and history
+                         "stats": stats.rows, "rng": get_rng_state()},
+                        os.path.join(args.dump_path, CHECKPOINT))
+            write_csv([dict(zip(stats.columns, r)) for r in stats.rows],
+                      os.path.join(args.dump_path, "stats.csv"))
+    logger.info("Training of the supervised linear classifier on frozen features completed.\n"
+                f"Top-1 test accuracy: {best_acc:.1f}")
+    cleanup()
+    return best_acc
