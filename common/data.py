@@ -3,6 +3,7 @@
 Errors a user can cause (no dataset, no network, a wrong folder layout) become one :class:`CLIError`.
 """
 import os
+import pickle
 from pathlib import Path
 
 import torchvision
@@ -34,6 +35,14 @@ class _LocalCheck:
     def _check_integrity(self):
         root = os.path.join(self.root, self.base_folder)
         return all(os.path.isfile(os.path.join(root, name)) for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self):
+        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+        if not os.path.isfile(path):
+            raise RuntimeError(f"{path} not found")
+        with open(path, "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
 class CIFAR10(_LocalCheck, torchvision.datasets.CIFAR10):
