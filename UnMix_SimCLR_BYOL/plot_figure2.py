@@ -1,0 +1,91 @@
+"""Figure 2 panels: training loss and test accuracy of a baseline run against an Un-Mix run.
+
+    python UnMix_SimCLR_BYOL/plot_figure2.py --baseline results/byol_cifar10_baseline \\
+        --unmix results/byol_cifar10_unmix --out figure2_byol_c10.png
+
+Each run is a results folder or its ``log.csv``. Accuracy columns are only filled on evaluation epochs, so
+every curve is drawn through its own non-empty points. ``main_unmix.py`` uses the same function for the
+per-run ``curves.png``.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+
+NAMES = {"train_loss": "training loss", "linear_acc@1": "linear top-1 (%)", "knn5_acc@1": "5-NN top-1 (%)",
+         "knn200w_acc@1": "200-NN weighted top-1 (%)"}
+
+
+def panel_columns(runs):
+    """train_loss, then every top-1 column (linear, kNN) that some run has filled."""
+    cols = ["train_loss"] + [c for _, df in runs for c in df.columns if c.endswith("_acc@1")]
+    cols = list(dict.fromkeys(cols))  # keep order, drop repeats
+    return [c for c in cols if any(c in df and df[c].notna().any() for _, df in runs)]
+
+
+def read_log(path):
+    """``log.csv`` of a run (or of the run folder ``path``)."""
+    path = Path(path)
+    csv = path / "log.csv" if path.is_dir() else path
+    if not csv.is_file():
+        raise CLIError(f"{csv} does not exist (expected a run folder of main_unmix.py or its log.csv)")
+    try:
+        df = pd.read_csv(csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {csv}: {e}") from None
+    if "epoch" not in df.columns or "train_loss" not in df.columns:
+        raise CLIError(f"{csv} has no epoch/train_loss columns: not a log of main_unmix.py")
+    return df
+
+
+def plot_runs(runs, png_path, title=None):
+    """``runs`` = [(label, DataFrame)]; one panel per column of panel_columns, saved atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(c, NAMES.get(c, c)) for c in panel_columns(runs)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (col, name) in zip(axes[0], panels):
+        for label, df in runs:
+            if col in df:
+                d = df[["epoch", col]].dropna()
+                ax.plot(d["epoch"], d[col], marker="o" if len(d) < 30 else None, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if len(runs) > 1:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = f"{png_path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Figure 2: baseline vs Un-Mix curves", formatter_class=HelpFormatter)
+    p.add_argument("--baseline", required=True, help="baseline run folder or its log.csv")
+    p.add_argument("--unmix", required=True, help="Un-Mix run folder or its log.csv")
+    p.add_argument("--labels", nargs=2, default=["baseline", "+ Un-Mix"], metavar=("BASE", "UNMIX"))
+    p.add_argument("--title", default=None)
+    p.add_argument("--out", default="figure2.png", help="PNG to write")
+    args = p.parse_args(argv)
+    runs = [(args.labels[0], read_log(args.baseline)), (args.labels[1], read_log(args.unmix))]
+    plot_runs(runs, args.out, args.title)
+    for label, df in runs:
+        last = {c: df[c].dropna().iloc[-1] for c in panel_columns([(label, df)])}
+        print(f"{label}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
+    print(f"=> wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)
