@@ -159,13 +159,13 @@ def imagenet_datasets(data_path, train_tf, val_tf, train_cls=None):
     return train, val
 
 
-def load_backbone(model, path, logger, what="pretrained weights"):
+def load_backbone(model, path, what="pretrained weights", allow_missing=()):
     """Loads a SwAV / SwAV+Un-Mix pretraining checkpoint into ``model`` (no head, no prototypes).
 
     Accepts ``{"state_dict": ...}`` or a raw state_dict, ``module.``-prefixed or not; the projection
     head, the prototypes (and a torchvision ``fc``) are dropped; every remaining key must match the
     backbone key for key and shape for shape, else one clear error (upstream loaded with
-    ``strict=False`` and silently trained on random weights).
+    ``strict=False`` and silently trained on random weights). Returns a message for the log.
     """
     ckpt = load_checkpoint(path, map_location="cpu")
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
@@ -174,12 +174,10 @@ def load_backbone(model, path, logger, what="pretrained weights"):
     sd = {k.replace("module.", ""): t for k, t in sd.items()}
     ignored = sorted(k for k in sd if k.startswith(NOT_BACKBONE))
     sd = {k: t for k, t in sd.items() if not k.startswith(NOT_BACKBONE)}
-    check_compatible(model, sd, what=f"{what} {path}")
-    model.load_state_dict(sd, strict=True)
-    logger.info(f"Loaded {len(sd)} backbone tensors from {path} "
-                f"(ignored {len(ignored)} head/prototype keys: {', '.join(ignored[:6])}"
-                f"{', ...' if len(ignored) > 6 else ''})")
-    return ckpt
+    check_compatible(model, sd, what=f"{what} {path}", allow_missing=allow_missing)
+    model.load_state_dict(sd, strict=not allow_missing)  # check_compatible vetted every other key
+    return (f"Loaded {len(sd)} backbone tensors from {path} (ignored {len(ignored)} head/prototype "
+            f"keys: {', '.join(ignored[:6])}{', ...' if len(ignored) > 6 else ''})")
 
 
 def loader(dataset, batch_size, workers, sampler=None, shuffle=False):
@@ -318,12 +316,18 @@ def main(variant, argv=None):
         raise CLIError(f"--pretrained {args.pretrained} does not exist "
                        "(pass '' to train on random weights deliberately)")
 
+    # ---- frozen backbone, checked before anything is written (seeded as upstream: the RegLog init
+    # below draws from the seeded RNG after the backbone, in upstream's order)
+    seed_everything(args.seed)
+    model = build(args.arch, output_dim=0, eval_mode=True, cifar_stem=VARIANTS[variant]["cifar_stem"])
+    loaded = load_backbone(model, args.pretrained) if args.pretrained else None
+
     rank, world, device = setup_distributed(args)
     prepare_output_dir(args.dump_path, args.resume, CHECKPOINT)
     barrier()
-    seed_everything(args.seed)
     logger, stats = initialize_exp(args, "epoch", "loss", "prec1", "prec5", "loss_val", "prec1_val",
                                    "prec5_val", rank=rank)
+    logger.info(loaded or "No pretrained weights given => training with random weights")
 
     # ---- data
     train_set, val_set, n_classes = build_data(args, variant)
@@ -335,13 +339,8 @@ def main(variant, argv=None):
     val_loader = loader(val_set, args.batch_size, args.workers)  # every rank: full set (upstream)
     logger.info(f"Building data done: {len(train_set)} train / {len(val_set)} val images, {n_classes} classes")
 
-    # ---- model
-    model = build(args.arch, output_dim=0, eval_mode=True, cifar_stem=VARIANTS[variant]["cifar_stem"])
+    # ---- linear classifier
     reglog = RegLog(num_labels, model.num_features, args.global_pooling, args.use_bn)
-    if args.pretrained:
-        load_backbone(model, args.pretrained, logger)
-    else:
-        logger.warning("No pretrained weights given => training with random weights")
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

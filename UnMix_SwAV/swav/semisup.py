@@ -1,0 +1,226 @@
+"""Semi-supervised fine-tuning on 1% / 10% of ImageNet labels (upstream SwAV ``eval_semisup.py``).
+
+Kept from upstream: the whole network ``<arch>(output_dim=num_classes)`` (head = ``projection_head``,
+a Linear on the 2048-d pooled features, freshly initialised) is fine-tuned in ``train()`` mode with
+SyncBN when distributed; SGD(momentum 0.9, wd 0) with the trunk at ``--lr`` and every parameter whose
+name contains "head" at ``--lr_last_layer``; MultiStepLR([12, 16], 0.2) stepped per epoch; 20 epochs;
+the reported number is the (top-1, top-5) of the epoch with the best validation top-1; dump layout
+as eval_linear (``checkpoint.pth.tar`` = {epoch, state_dict (``module.*``), optimizer, scheduler,
+best_acc}).
+
+Changed: upstream downloaded the SimCLR subset lists at run time (``urllib``, fails offline). Here the
+list is read from a local file, ``--subset_file`` or ``<data_path>/{1,10}percent.txt`` by default;
+get it once from https://github.com/google-research/simclr/tree/master/imagenet_subsets
+(``1percent.txt`` / ``10percent.txt``: one ``<wnid>_<n>.JPEG`` file name per line).
+Pretrained weights are checked key by key like eval_linear.
+"""
+import argparse
+import os
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
+from torchvision.datasets.folder import default_loader, find_classes
+
+from common.checkpoint import check_compatible, get_rng_state, save_atomic, set_rng_state
+from common.cli import CLIError, HelpFormatter, prepare_output_dir
+from common.dist import barrier, cleanup
+from common.utils import AverageMeter, accuracy, seed_everything
+
+from .exp import PDStats, initialize_exp
+from .linear import (CHECKPOINT, VARIANTS, add_common_args, check_positive, imagenet_datasets,
+                     imagenet_transforms, load_backbone, loader, resume_state, setup_distributed,
+                     strip_module, unwrap, validate, with_module_prefix)
+from .resnet import build
+
+SUBSET_URL = "https://github.com/google-research/simclr/tree/master/imagenet_subsets"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="Evaluate models: fine-tuning with 1% or 10% labels on ImageNet",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--labels_perc", type=str, default="10", choices=["1", "10"],
+                        help="fine-tune on either 1%% or 10%% of the labels")
+    parser.add_argument("--subset_file", type=str, default="",
+                        help="local SimCLR subset list (one <wnid>_<n>.JPEG per line); default: "
+                             "<data_path>/<labels_perc>percent.txt. Get it from " + SUBSET_URL)
+    add_common_args(parser, VARIANTS["imagenet"])
+    parser.add_argument("--epochs", type=int, default=20, help="number of total epochs to run")
+    parser.add_argument("--batch_size", type=int, default=32, help="batch size per process")
+    parser.add_argument("--crop_size", type=int, default=224, help="training / validation crop size")
+    parser.add_argument("--val_resize", type=int, default=256, help="validation Resize before CenterCrop")
+    parser.add_argument("--lr", type=float, default=0.01, help="initial learning rate - trunk")
+    parser.add_argument("--lr_last_layer", type=float, default=0.2, help="initial learning rate - head")
+    parser.add_argument("--decay_epochs", type=int, nargs="+", default=[12, 16],
+                        help="epochs at which to decay the learning rate")
+    parser.add_argument("--gamma", type=float, default=0.2, help="lr decay factor")
+    return parser
+
+
+class SubsetImageFolder(Dataset):
+    """The images of ``root`` named in a SimCLR subset list, labelled as ``ImageFolder(root)`` would.
+
+    Builds the samples from the list (``<class>/<file>`` with class = the file name's prefix before
+    ``_``, as upstream) without scanning the whole training tree.
+    """
+
+    def __init__(self, root, names, transform=None):
+        self.classes, self.class_to_idx = find_classes(root)
+        self.samples, missing, unknown = [], [], set()
+        for name in names:
+            cls = name.split("_")[0]
+            if cls not in self.class_to_idx:
+                unknown.add(cls)
+                continue
+            path = os.path.join(root, cls, name)
+            if not os.path.isfile(path):
+                missing.append(path)
+            self.samples.append((path, self.class_to_idx[cls]))
+        if unknown:
+            raise CLIError(f"the subset list names {len(unknown)} classes that are not folders of {root} "
+                           f"(e.g. {sorted(unknown)[0]})")
+        if missing:
+            raise CLIError(f"{len(missing)} images of the subset list are missing (e.g. {missing[0]})")
+        self.targets = [t for _, t in self.samples]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, target = self.samples[index]
+        img = default_loader(path)
+        return (self.transform(img) if self.transform else img), target
+
+
+def read_subset(path):
+    if not os.path.isfile(path):
+        raise CLIError(f"subset list {path} not found; download 1percent.txt / 10percent.txt from "
+                       f"{SUBSET_URL} and pass --subset_file (no network access is attempted)")
+    with open(path) as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise CLIError(f"subset list {path} is empty")
+    return names
+
+
+def train_one_epoch(model, optimizer, loader_, epoch, device, logger, rank):
+    batch_time, data_time, losses, top1, top5 = (AverageMeter() for _ in range(5))
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    end = time.perf_counter()
+    for it, (inp, target) in enumerate(loader_):
+        data_time.update(time.perf_counter() - end)
+        inp, target = inp.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        output = model(inp)
+        loss = criterion(output, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        acc1, acc5 = accuracy(output, target, topk=(1, 5))
+        losses.update(loss.item(), inp.size(0))
+        top1.update(acc1.item(), inp.size(0))
+        top5.update(acc5.item(), inp.size(0))
+        batch_time.update(time.perf_counter() - end)
+        end = time.perf_counter()
+        if rank == 0 and it % 50 == 0:
+            logger.info(f"Epoch[{epoch}] - Iter: [{it}/{len(loader_)}]\t"
+                        f"Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
+                        f"Data {data_time.val:.3f} ({data_time.avg:.3f})\t"
+                        f"Loss {losses.val:.4f} ({losses.avg:.4f})\t"
+                        f"Prec {top1.val:.3f} ({top1.avg:.3f})\t"
+                        f"LR trunk {optimizer.param_groups[0]['lr']}\t"
+                        f"LR head {optimizer.param_groups[1]['lr']}")
+    return epoch, losses.avg, top1.avg, top5.avg
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_positive(args, "epochs", "batch_size", "crop_size", "val_resize", "lr", "lr_last_layer")
+    if args.pretrained and not os.path.isfile(args.pretrained):
+        raise CLIError(f"--pretrained {args.pretrained} does not exist "
+                       "(pass '' to fine-tune random weights deliberately)")
+    names = read_subset(args.subset_file or os.path.join(args.data_path, f"{args.labels_perc}percent.txt"))
+    train_dir = os.path.join(args.data_path, "train")
+    if not os.path.isdir(train_dir):
+        raise CLIError(f"--data_path {args.data_path} has no train/ folder (expected {train_dir}/<class>/<image>)")
+
+    # ---- model: backbone + Linear head (``projection_head``) over the classes, checked before
+    # anything is written
+    seed_everything(args.seed)
+    model = build(args.arch, output_dim=len(find_classes(train_dir)[0]), cifar_stem=False)
+    head_keys = [k for k in model.state_dict() if k.startswith("projection_head.")]
+    loaded = load_backbone(model, args.pretrained, allow_missing=head_keys) if args.pretrained else None
+
+    rank, world, device = setup_distributed(args)
+    prepare_output_dir(args.dump_path, args.resume, CHECKPOINT)
+    barrier()
+    logger, stats = initialize_exp(args, "epoch", "loss", "prec1", "prec5", "loss_val", "prec1_val",
+                                   "prec5_val", rank=rank)
+    logger.info(loaded or "No pretrained weights given => fine-tuning random weights")
+
+    # ---- data: the labelled subset of train/, the whole of val/
+    train_tf, val_tf = imagenet_transforms(args.crop_size, args.val_resize)
+    train_set, val_set = imagenet_datasets(
+        args.data_path, train_tf, val_tf, train_cls=lambda root, tf: SubsetImageFolder(root, names, tf))
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank)
+    train_loader = loader(train_set, args.batch_size, args.workers, sampler=sampler)
+    val_loader = loader(val_set, args.batch_size, args.workers)
+    logger.info(f"Building data done with {len(train_set)} labelled images ({args.labels_perc}%), "
+                f"{len(val_set)} val images, {len(train_set.classes)} classes")
+
+    model.to(device)
+    if world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    trunk = [p for n, p in model.named_parameters() if "head" not in n]
+    head = [p for n, p in model.named_parameters() if "head" in n]
+    optimizer = torch.optim.SGD([{"params": trunk}, {"params": head, "lr": args.lr_last_layer}],
+                                lr=args.lr, momentum=0.9, weight_decay=0)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
+
+    start_epoch, best_acc = 0, (0.0, 0.0)
+    ckpt = resume_state(args.dump_path, args.resume, logger)
+    if ckpt is not None:
+        try:
+            sd = strip_module(ckpt["state_dict"])
+            check_compatible(unwrap(model), sd, what="fine-tuning checkpoint")
+            unwrap(model).load_state_dict(sd)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        except (KeyError, ValueError) as e:
+            raise CLIError(f"{os.path.join(args.dump_path, CHECKPOINT)} is not a fine-tuning checkpoint "
+                           f"of this configuration: {e}") from None
+        start_epoch, best_acc = ckpt["epoch"], tuple(ckpt["best_acc"])
+        stats = PDStats(stats.path, stats.columns, ckpt.get("stats", []))
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+
+    for epoch in range(start_epoch, args.epochs):
+        logger.info(f"============ Starting epoch {epoch} ... ============")
+        sampler.set_epoch(epoch)
+        scores = train_one_epoch(model, optimizer, train_loader, epoch, device, logger, rank)
+        scores_val = validate(model, None, val_loader, device)
+        if scores_val[1] > best_acc[0]:
+            best_acc = (scores_val[1], scores_val[2])
+        if rank == 0:
+            logger.info(f"Test:\tLoss {scores_val[0]:.4f}\tAcc@1 {scores_val[1]:.3f}\t"
+                        f"Acc@5 {scores_val[2]:.3f}\tBest Acc@1 so far {best_acc[0]:.1f}")
+        stats.update(scores + scores_val)
+        scheduler.step()
+        if rank == 0:
+            save_atomic({"epoch": epoch + 1,
+                         "state_dict": with_module_prefix(unwrap(model).state_dict()),
+                         "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(),
+                         "best_acc": best_acc,
+                         "stats": stats.rows, "rng": get_rng_state()},
+                        os.path.join(args.dump_path, CHECKPOINT))
+    logger.info(f"Fine-tuning with {args.labels_perc}% of labels completed.\n"
+                f"Test accuracies: top-1 {best_acc[0]:.1f}, top-5 {best_acc[1]:.1f}")
+    cleanup()
+    return best_acc
