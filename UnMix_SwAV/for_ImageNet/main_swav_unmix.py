@@ -1,0 +1,15 @@
+"""SwAV + Un-Mix pretraining on ImageNet (upstream UnMix_SwAV/for_ImageNet/main_swav_unmix.py).
+
+The implementation is shared with the other variant: see UnMix_SwAV/swav/train.py. This file only
+selects the ImageNet defaults, data and Sinkhorn variant. Run `python main_swav_unmix.py --help`.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from common.cli import run_main  # noqa: E402
+from UnMix_SwAV.swav.train import main  # noqa: E402
+
+if __name__ == "__main__":
+    run_main(main, "imagenet")
