@@ -1,0 +1,47 @@
+"""Small pieces both entry scripts use: the per-epoch lr schedule, upstream's ``module.`` key layout,
+and the RNG states of every process (for bit-exact resume)."""
+import math
+import warnings
+
+import torch.distributed as dist
+
+from common.checkpoint import get_rng_state, set_rng_state
+from common.dist import is_dist
+
+
+def adjust_learning_rate(optimizer, epoch, args):
+    """Set once per epoch, before it: cosine ``lr * 0.5(1+cos(pi e/E))`` with ``args.cos``, else x0.1 at
+    every milestone of ``args.schedule`` already reached (0-based epochs, as upstream)."""
+    lr = args.lr
+    if getattr(args, "cos", False):
+        lr *= 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
+    else:
+        for milestone in args.schedule:
+            lr *= 0.1 if epoch >= milestone else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def module_state_dict(net):
+    """``net.state_dict()`` with the ``module.`` prefix DDP / DataParallel give it upstream (also when
+    this run used a single process and no wrapper), so files are interchangeable with upstream."""
+    return {"module." + k: v for k, v in net.state_dict().items()}
+
+
+def gather_rng_states():
+    """The RNG states of every process in rank order (a collective: all processes must call it)."""
+    state = get_rng_state()
+    if not is_dist():
+        return [state]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, state)
+    return out
+
+
+def restore_rng_states(states, rank, world):
+    if states is not None and len(states) == world:
+        set_rng_state(states[rank])
+    else:
+        warnings.warn("the checkpoint holds no RNG states for this number of processes: the run resumes "
+                      "correctly but not bit-exactly")
