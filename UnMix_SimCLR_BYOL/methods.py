@@ -55,15 +55,20 @@ def mlp(in_size, hidden, out, layers=2, bn=True):
     return nn.Sequential(*mods, nn.Linear(in_size, out))
 
 
+def _full(t):
+    """Half-precision (autocast) embeddings are upcast: the losses are computed in float32 at least."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def nt_xent(z0, z1, tau=0.5, norm=True):
     """SimCLR's NT-Xent for two views [N, D] (htdt's ``contrastive_loss``): each anchor has one positive
-    (its other view) and 2N-2 negatives; the mean of both directions. Computed in float32."""
-    z0, z1 = z0.float(), z1.float()
+    (its other view) and 2N-2 negatives; the mean of both directions."""
+    z0, z1 = _full(z0), _full(z1)
     if norm:
         z0, z1 = F.normalize(z0, p=2, dim=1), F.normalize(z1, p=2, dim=1)
     n = z0.size(0)
     target = torch.arange(n, device=z0.device)
-    self_mask = torch.eye(n, device=z0.device) * 1e9  # removes the anchor itself from the softmax
+    self_mask = torch.eye(n, device=z0.device, dtype=z0.dtype) * 1e9  # removes the anchor itself from the softmax
     logits00 = z0 @ z0.t() / tau - self_mask
     logits11 = z1 @ z1.t() / tau - self_mask
     logits01 = z0 @ z1.t() / tau
@@ -74,7 +79,7 @@ def nt_xent(z0, z1, tau=0.5, norm=True):
 
 def norm_mse(p, z):
     """BYOL's loss ``2 - 2 * mean cosine(p, z)`` (htdt's ``norm_mse_loss``)."""
-    p, z = F.normalize(p.float(), p=2, dim=1), F.normalize(z.float(), p=2, dim=1)
+    p, z = F.normalize(_full(p), p=2, dim=1), F.normalize(_full(z), p=2, dim=1)
     return 2 - 2 * (p * z).sum(dim=-1).mean()
 
 
