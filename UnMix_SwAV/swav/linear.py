@@ -38,6 +38,7 @@ from common.utils import AverageMeter, accuracy, seed_everything, worker_count
 
 from .exp import PDStats, initialize_exp
 from .resnet import ARCHS, build
+from .train import cifar_source
 
 # Upstream eval_linear (CIFAR) normalises with the true CIFAR-10 std, which differs from the std used
 # in pretraining (0.2023, 0.1994, 0.2010): kept, it produced the published numbers.
@@ -63,11 +64,13 @@ def add_common_args(parser, v):
     parser.add_argument("--dump_path", type=str, default=".", help="experiment dump path")
     parser.add_argument("--seed", type=int, default=31, help="seed")
     if v is VARIANTS["cifar"]:
-        parser.add_argument("--data_path", type=str, default=v["data_path"], choices=["cifar10", "cifar100"],
-                            help="dataset name, as upstream")
-        parser.add_argument("--data_root", type=str, default=None,
-                            help="folder holding (or receiving) the CIFAR python files; "
-                                 "default: upstream's data/CIFAR-10 or data/CIFAR-100 under the cwd")
+        # same convention as main_swav_unmix.py, so the scripts pass one DATASET_PATH to both steps
+        parser.add_argument("--data_path", type=str, default=v["data_path"],
+                            help="'cifar10' / 'cifar100' (upstream: torchvision download into data/CIFAR-10 or "
+                                 "data/CIFAR-100 under the working directory), or a directory holding "
+                                 "cifar-10-batches-py/ or cifar-100-python/ (downloaded there when missing)")
+        parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None,
+                            help="which CIFAR a --data_path directory holds (default: inferred from its content)")
     else:
         parser.add_argument("--data_path", type=str, default=v["data_path"],
                             help="dataset root holding train/ and val/ ImageFolder trees")
@@ -81,7 +84,7 @@ def add_common_args(parser, v):
     parser.add_argument("--world_size", type=int, default=-1, help="set from the launcher's environment")
     parser.add_argument("--rank", type=int, default=0, help="set from the launcher's environment")
     add_local_rank_arg(parser)
-    parser.add_argument("--resume", type=bool_flag, default=False,
+    parser.add_argument("--resume", type=bool_flag, nargs="?", const=True, default=False,
                         help="continue the run in --dump_path (upstream always did; here a finished or "
                              "interrupted run is never silently continued or overwritten)")
 
@@ -239,13 +242,13 @@ class RegLog(nn.Module):
 
 def build_data(args, variant):
     if variant == "cifar":
-        root = args.data_root or {"cifar10": "data/CIFAR-10", "cifar100": "data/CIFAR-100"}[args.data_path]
+        name, root = cifar_source(args.data_path, args.dataset)
         normalize = T.Normalize(mean=CIFAR10_MEAN, std=CIFAR_EVAL_STD)
         train_tf = T.Compose([T.RandomResizedCrop(args.crop_size), T.RandomHorizontalFlip(), T.ToTensor(),
                               normalize])
         val_tf = T.Compose([T.ToTensor(), normalize])  # full 32x32 image, no crop (upstream)
-        train = cifar(args.data_path, root, True, train_tf)
-        val = cifar(args.data_path, root, False, val_tf)
+        train = cifar(name, root, True, train_tf)
+        val = cifar(name, root, False, val_tf)
         return train, val, len(train.classes)
     train_tf, val_tf = imagenet_transforms(args.crop_size, args.val_resize)
     train, val = imagenet_datasets(args.data_path, train_tf, val_tf)
@@ -322,6 +325,12 @@ def main(variant, argv=None):
     model = build(args.arch, output_dim=0, eval_mode=True, cifar_stem=VARIANTS[variant]["cifar_stem"])
     loaded = load_backbone(model, args.pretrained) if args.pretrained else None
 
+    # ---- data (before anything is written: a wrong path leaves no half-made dump folder)
+    train_set, val_set, n_classes = build_data(args, variant)
+    num_labels = args.num_labels or n_classes
+    if num_labels < n_classes:
+        raise CLIError(f"--num_labels {num_labels} is smaller than the {n_classes} classes of the dataset")
+
     rank, world, device = setup_distributed(args)
     prepare_output_dir(args.dump_path, args.resume, CHECKPOINT)
     barrier()
@@ -329,11 +338,6 @@ def main(variant, argv=None):
                                    "prec5_val", rank=rank)
     logger.info(loaded or "No pretrained weights given => training with random weights")
 
-    # ---- data
-    train_set, val_set, n_classes = build_data(args, variant)
-    num_labels = args.num_labels or n_classes
-    if num_labels < n_classes:
-        raise CLIError(f"--num_labels {num_labels} is smaller than the {n_classes} classes of the dataset")
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank)  # shuffle, seed 0 (upstream)
     train_loader = loader(train_set, args.batch_size, args.workers, sampler=sampler)
     val_loader = loader(val_set, args.batch_size, args.workers)  # every rank: full set (upstream)
@@ -346,7 +350,8 @@ def main(variant, argv=None):
         p.requires_grad_(False)
     reglog.to(device)
     if world > 1:
-        reglog = nn.SyncBatchNorm.convert_sync_batchnorm(reglog)
+        if device.type == "cuda":  # SyncBatchNorm does not run on CPU (gloo): plain BN there
+            reglog = nn.SyncBatchNorm.convert_sync_batchnorm(reglog)
         reglog = nn.parallel.DistributedDataParallel(
             reglog, device_ids=[device.index] if device.type == "cuda" else None)
 

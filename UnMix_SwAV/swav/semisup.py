@@ -173,7 +173,10 @@ def main(argv=None):
 
     model.to(device)
     if world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":  # SyncBatchNorm does not run on CPU (gloo): per-process BN there
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            logger.warning("SyncBatchNorm needs CUDA: each process normalises its own batch")
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
