@@ -15,6 +15,9 @@ Kinds:
 * ``swav_imagenet`` SwAV ImageNet ``checkpoint.pth.tar`` or the raw released state_dict (``module.*``),
   ResNet-50 / -w2 / -w4 / -w5, 7x7 stem.
 * ``swav_linear``   SwAV ``eval_linear`` checkpoint: ``module.linear.{weight,bias}``.
+* ``simclr_byol``   our SimCLR / BYOL ``model_last.pth`` (or htdt's ``{method}_{dataset}_{ep}.pt``): htdt's
+  names ``model.module.*`` (torchvision ResNet, 3x3 stem, no fc), BYOL also ``model_t.module.*``; the heads
+  (``head``, ``bn_last``, ``pred``, ``head_t``) are free-form and not checked.
 """
 from collections import OrderedDict
 
@@ -135,7 +138,18 @@ def swav_linear_spec():
     return OrderedDict([("module.linear.weight", (None, None)), ("module.linear.bias", (None,))])
 
 
-# kind -> (description, {variant name: spec})
+def simclr_byol_specs():
+    out = {}
+    for arch, block, layers in (("resnet18", "basic", [2, 2, 2, 2]), ("resnet50", "bottleneck", [3, 4, 6, 3])):
+        trunk = resnet_shapes(block, layers, stem_kernel=3)
+        out[f"simclr-{arch}"] = _prefixed(trunk, "model.module.")
+        byol = _prefixed(trunk, "model.module.")
+        byol.update(_prefixed(trunk, "model_t.module."))
+        out[f"byol-{arch}"] = byol
+    return out
+
+
+# kind -> (description, {variant name: spec}, key prefixes whose keys are free-form)
 KINDS = {
     "moco_cifar": ("MoCo CIFAR demo model_last.pth (ResNet-18, 3x3 stem)", {"resnet18": moco_cifar_spec()}),
     "moco_imagenet": ("MoCo ImageNet checkpoint_XXXX.pth.tar (ResNet-50)", moco_imagenet_specs()),
@@ -144,13 +158,18 @@ KINDS = {
     "swav_imagenet": ("SwAV ImageNet checkpoint (ResNet-50 / w2 / w4 / w5)",
                       {a: swav_spec(a) for a in ("resnet50", "resnet50w2", "resnet50w4", "resnet50w5")}),
     "swav_linear": ("SwAV eval_linear checkpoint.pth.tar (linear classifier)", {"linear": swav_linear_spec()}),
+    "simclr_byol": ("SimCLR/BYOL CIFAR model_last.pth (htdt names)", simclr_byol_specs()),
 }
+FREE_PREFIXES = {"simclr_byol": ("head.", "bn_last.", "pred.", "head_t.")}
 
 
-def compare(spec, state_dict):
-    """Problems (a list of short strings) between a spec and a ``state_dict``; empty when it matches."""
+def compare(spec, state_dict, free=()):
+    """Problems (a list of short strings) between a spec and a ``state_dict``; empty when it matches.
+
+    Keys starting with one of the ``free`` prefixes are not checked.
+    """
     missing = [k for k in spec if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in spec]
+    unexpected = [k for k in state_dict if k not in spec and not (free and k.startswith(free))]
     shapes = []
     for k, want in spec.items():
         if k in state_dict:
@@ -182,7 +201,7 @@ def match(kind, state_dict):
     """``(variant, [])`` for the first matching variant of ``kind``, else ``(closest variant, problems)``."""
     best = None
     for variant, spec in KINDS[kind][1].items():
-        problems = compare(spec, state_dict)
+        problems = compare(spec, state_dict, FREE_PREFIXES.get(kind, ()))
         if not problems:
             return variant, []
         score = sum(int(p.split()[0]) for p in problems)

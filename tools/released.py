@@ -59,9 +59,10 @@ class Artefact:
 
 
 # --- evaluation commands (paths relative to the repo root) -------------------------------------------------
-EVAL_MOCO_CIFAR = "python UnMix_MoCo/for_CIFAR/eval_knn.py --checkpoint {path} --dataset {dataset} --data {data}"
-EVAL_SWAV_CIFAR = ("python UnMix_SwAV/for_CIFAR/eval_linear.py --arch resnet18 --num_labels {labels} "
-                   "--crop_size 32 --data_path {data} --pretrained {path} --dump_path {out}")
+EVAL_MOCO_CIFAR = "python UnMix_MoCo/for_CIFAR/eval_knn.py {path} --dataset {dataset} --data {data} --mode knn"
+EVAL_SWAV_CIFAR = ("python UnMix_SwAV/for_CIFAR/eval_linear.py --arch resnet18 --data_path {dataset} "
+                   "--data_root {data} --num_labels {labels} --crop_size 32 --workers 2 --pretrained {path} "
+                   "--dump_path {out}")
 EVAL_MOCO_IN = ("python UnMix_MoCo/for_ImageNet/main_lincls_unmix.py -a resnet50 --lr 30.0 --batch-size 256 "
                 "--pretrained {path} --dist-url tcp://localhost:10001 --multiprocessing-distributed "
                 "--world-size 1 --rank 0 {data}")
@@ -257,6 +258,11 @@ def verify_path(path, kind=None, md5=""):
                 out.append(f"{p}: {verify_checkpoint(p)}")
             elif _is_html(p):
                 raise CLIError(f"{p} is an HTML page, not a released file (a failed or quota-limited download?)")
+            elif p.suffix in (".csv", ".json"):
+                try:
+                    out.append(f"{p}: {verify_log(p) if p.suffix == '.csv' else verify_args(p)}")
+                except CLIError:  # another program's csv/json (e.g. in the SwAV log folders)
+                    out.append(f"{p}: {p.stat().st_size} bytes (not a MoCo CIFAR log/args; not checked)")
             else:
                 out.append(f"{p}: {p.stat().st_size} bytes (not a checkpoint; not checked)")
         return out
@@ -363,7 +369,7 @@ def cmd_list(args):
         print(json.dumps([dict(vars(a), url=a.url) for a in rows], indent=1))
         return
     w = max(len(a.name) for a in rows)
-    print(f"{'name':<{w}}  {'dataset':<8}  {"epochs":<10}  {"kind':<15}  published")
+    print(f"{'name':<{w}}  {'dataset':<8}  {'epochs':<10}  {'kind':<15}  published")
     for a in rows:
         print(f"{a.name:<{w}}  {a.dataset:<8}  {a.epochs:<10}  {a.kind:<15}  {a.published}")
 

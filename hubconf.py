@@ -1,0 +1,110 @@
+"""torch.hub entries: torchvision ResNets carrying the released Un-Mix (and baseline) weights.
+
+    model = torch.hub.load("<this repo or its local path>", "unmix_moco_cifar_resnet18", dataset="cifar10")
+    model = torch.hub.load(path, "unmix_mocov2_resnet50", source="local")
+    model = torch.hub.load(path, "unmix_mocov2_resnet50", source="local", pretrained=False)  # random init
+
+As with torchvision, ``pretrained=False`` gives random initialisation and extra keyword arguments
+(e.g. ``num_classes``) go to the torchvision builder. ``fc`` is always freshly initialised (the released
+checkpoints hold a self-supervised projection head, not a classifier): train it as a linear probe or set
+``model.fc = torch.nn.Identity()`` for features. ``checkpoint=PATH`` loads a local file instead of
+downloading. Google Drive files are fetched with gdown, the public HTTPS files with
+``torch.hub.load_state_dict_from_url``; both are cached under ``torch.hub.get_dir()/checkpoints``.
+The CIFAR models use the 3x3 stride-1 stem without maxpool (see tools/convert_to_torchvision.py).
+"""
+dependencies = ["torch", "torchvision"]
+
+import os  # noqa: E402
+
+import torch  # noqa: E402
+
+from common.checkpoint import load_checkpoint  # noqa: E402
+from tools import layouts  # noqa: E402
+from tools.convert_to_torchvision import build_torchvision, convert_state_dict  # noqa: E402
+from tools.released import CATALOGUE, download  # noqa: E402
+
+
+def _checkpoint(name, progress):
+    art = CATALOGUE[name]
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints", "unmix")
+    if art.source == "https":
+        return torch.hub.load_state_dict_from_url(art.url, model_dir=cache, map_location="cpu",
+                                                  progress=progress, file_name=art.filename,
+                                                  weights_only=False)
+    return load_checkpoint(download(art, out=cache))
+
+
+def _load(kind, name, pretrained, progress, checkpoint, **kwargs):
+    model = build_torchvision(kind, **kwargs)
+    if not (pretrained or checkpoint):
+        return model
+    obj = load_checkpoint(checkpoint) if checkpoint else _checkpoint(name, progress)
+    sd = layouts.state_dict_of(obj)
+    if sd is None:
+        raise ValueError(f"{checkpoint or name} holds no model state_dict")
+    sd, found, _ = convert_state_dict(sd)
+    if found != kind:
+        raise ValueError(f"{checkpoint or name} is a {found} checkpoint, not {kind}")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected, (missing, unexpected)
+    return model
+
+
+def _moco_cifar(unmix, dataset, loss, pretrained, progress, checkpoint, kwargs):
+    if dataset not in ("cifar10", "cifar100") or loss not in ("symmetric", "asymmetric"):
+        raise ValueError("dataset must be cifar10/cifar100 and loss symmetric/asymmetric")
+    name = f"{'unmix_' if unmix else ''}moco_{'c10' if dataset == 'cifar10' else 'c100'}_{loss}"
+    kwargs.setdefault("num_classes", 10 if dataset == "cifar10" else 100)
+    return _load("moco_cifar", name, pretrained, progress, checkpoint, **kwargs)
+
+
+def unmix_moco_cifar_resnet18(pretrained=True, progress=True, dataset="cifar10", loss="symmetric",
+                              checkpoint=None, **kwargs):
+    """CIFAR ResNet-18 (3x3 stem, no maxpool) from the MoCo + Un-Mix demo, 1000 epochs.
+
+    Published kNN top-1: CIFAR-10 92.25 (symmetric) / 91.34 (asymmetric); CIFAR-100 68.83 / 67.33.
+    """
+    return _moco_cifar(True, dataset, loss, pretrained, progress, checkpoint, kwargs)
+
+
+def moco_cifar_resnet18(pretrained=True, progress=True, dataset="cifar10", loss="symmetric", checkpoint=None,
+                        **kwargs):
+    """CIFAR ResNet-18 from the plain MoCo baseline of the demo, 1000 epochs.
+
+    Published kNN top-1: CIFAR-10 90.49 (symmetric) / 89.11 (asymmetric); CIFAR-100 65.49 / 63.64.
+    """
+    return _moco_cifar(False, dataset, loss, pretrained, progress, checkpoint, kwargs)
+
+
+def unmix_mocov2_resnet50(pretrained=True, progress=True, checkpoint=None, **kwargs):
+    """ResNet-50 pretrained on ImageNet with MoCo v2 + Un-Mix (the authors' released model).
+
+    Published linear top-1: 68.6 (200 epochs) / 71.8 (800 epochs); the release does not say which.
+    """
+    return _load("moco_imagenet", "unmix_mocov2_in1k_r50", pretrained, progress, checkpoint, **kwargs)
+
+
+def mocov2_resnet50(pretrained=True, progress=True, epochs=800, checkpoint=None, **kwargs):
+    """The vanilla MoCo v2 ResNet-50 baseline (facebookresearch/moco), 200 or 800 epochs (67.5 / 71.1)."""
+    if epochs not in (200, 800):
+        raise ValueError("epochs must be 200 or 800")
+    return _load("moco_imagenet", f"moco_v2_{epochs}ep", pretrained, progress, checkpoint, **kwargs)
+
+
+def swav_resnet50(pretrained=True, progress=True, checkpoint=None, **kwargs):
+    """The vanilla SwAV 800-epoch ResNet-50 baseline (facebookresearch/swav; linear top-1 75.3)."""
+    return _load("swav_imagenet", "swav_800ep", pretrained, progress, checkpoint, **kwargs)
+
+
+def swav_cifar_resnet18(pretrained=False, progress=True, checkpoint=None, **kwargs):
+    """SwAV-CIFAR "resnet18" (Bottleneck [2,2,2,2], 3x3 stem with padding 2, no maxpool) as a torchvision ResNet.
+
+    The released SwAV-CIFAR runs are Google Drive folders holding several runs: download one with
+    ``python tools/released.py download swav_c10_weights`` and pass its ``checkpoint.pth.tar`` as
+    ``checkpoint=``. ``pretrained=True`` without ``checkpoint`` is therefore an error.
+    """
+    if pretrained and not checkpoint:
+        raise ValueError("the SwAV-CIFAR weights are Drive folders of several runs: pass checkpoint=PATH "
+                         "(see `python tools/released.py list --kind folder`)")
+    kwargs.setdefault("num_classes", 10)
+    return _load("swav_cifar", None, pretrained, progress, checkpoint, **kwargs)

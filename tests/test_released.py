@@ -1,0 +1,324 @@
+"""tools/released.py + tools/layouts.py: catalogue vs README, layout specs vs independent facts, verification."""
+import io
+import json
+import re
+import sys
+import types
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from conftest import ROOT, assert_clean_error, run_script
+
+from common.cli import CLIError
+from tools import layouts, released
+
+SCRIPT = "tools/released.py"
+
+
+# --- fake checkpoints in every released layout ---------------------------------------------------------------
+def fake_state_dict(spec, fill=None):
+    """A state_dict of the spec's keys/shapes (wildcards -> 8). Stride-0 tensors keep the files tiny."""
+    sd = OrderedDict()
+    for k, shape in spec.items():
+        shape = tuple(8 if d is None else d for d in shape)
+        if k.endswith("num_batches_tracked") or k.endswith("queue_ptr"):
+            sd[k] = torch.zeros(shape, dtype=torch.long)
+        else:
+            v = torch.zeros(1) if fill is None else torch.full((1,), float(fill))
+            sd[k] = v.expand(shape) if shape else v[0].clone()
+    return sd
+
+
+def fake_file(path, kind, variant=None, wrap=True):
+    variants = layouts.KINDS[kind][1]
+    spec = variants[variant or next(iter(variants))]
+    sd = fake_state_dict(spec)
+    torch.save({"epoch": 3, "state_dict": sd, "optimizer": {}} if wrap else sd, path)
+    return path
+
+
+LAYOUTS = [("moco_cifar", None, True), ("moco_imagenet", "v1", True), ("moco_imagenet", "v2", True),
+           ("swav_cifar", None, True), ("swav_imagenet", "resnet50", True),
+           ("swav_imagenet", "resnet50w2", False),  # the released vanilla SwAV files are raw state_dicts
+           ("swav_linear", None, True), ("simclr_byol", "byol-resnet18", True)]
+
+
+# --- the specs against independent facts --------------------------------------------------------------------
+def test_resnet_shapes_agree_with_torchvision():
+    for builder, block, layers in ((torchvision.models.resnet18, "basic", [2, 2, 2, 2]),
+                                   (torchvision.models.resnet50, "bottleneck", [3, 4, 6, 3])):
+        tv = OrderedDict((k, tuple(v.shape)) for k, v in builder().state_dict().items() if not k.startswith("fc."))
+        assert list(layouts.resnet_shapes(block, layers).items()) == list(tv.items())
+
+
+def test_moco_cifar_spec_matches_reference_table():
+    spec = layouts.moco_cifar_spec(128, 4096)
+    # upstream_cifar.md §1.4.4: 246 entries, queue and queue_ptr first, then 122 q keys and 122 k keys
+    assert len(spec) == 246
+    assert list(spec)[:2] == ["queue", "queue_ptr"] and spec["queue"] == (128, 4096)
+    q = [k for k in spec if k.startswith("encoder_q.")]
+    assert len(q) == 122 and list(spec)[2:124] == q
+    assert spec["encoder_q.net.0.weight"] == (64, 3, 3, 3)
+    assert spec["encoder_k.net.4.0.downsample.0.weight"] == (128, 64, 1, 1)
+    assert spec["encoder_q.net.9.weight"] == (128, 512)
+    assert not any(f".net.{i}." in k for k in spec for i in (2, 7, 8))
+    # parameter count per encoder (reference: 11,234,496)
+    n = sum(torch.Size(s).numel() for k, s in spec.items() if k.startswith("encoder_q.")
+            and not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert n == 11_234_496
+
+
+def test_swav_cifar_spec_matches_reference():
+    spec = layouts.swav_spec("resnet18")
+    assert len(spec) == 184  # upstream_cifar.md §2.6
+    assert all(k.startswith("module.") for k in spec)
+    assert spec["module.layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
+    assert spec["module.layer4.1.conv1.weight"] == (512, 2048, 1, 1)
+    assert spec["module.conv1.weight"] == (64, 3, 3, 3)
+
+
+def test_swav_specs_match_our_swav_models():
+    resnet = pytest.importorskip("UnMix_SwAV.swav.resnet")
+    for arch, kw in (("resnet18", dict(cifar_stem=True, hidden_mlp=512, output_dim=128, nmb_prototypes=100)),
+                     ("resnet50", dict(hidden_mlp=2048, output_dim=128, nmb_prototypes=3000))):
+        sd = {"module." + k: v for k, v in resnet.build(arch, **kw).state_dict().items()}
+        assert layouts.compare(layouts.swav_spec(arch), sd) == []
+        assert list(sd) == list(layouts.swav_spec(arch))
+        # and a file in the spec's layout (head wildcards = this model's sizes) loads strictly into the model
+        spec = {k: tuple(sd[k].shape) if None in s else s for k, s in layouts.swav_spec(arch).items()}
+        model = resnet.build(arch, **kw)
+        model.load_state_dict({k[len("module."):]: v for k, v in fake_state_dict(spec).items()}, strict=True)
+
+
+def test_moco_cifar_spec_matches_our_model_strictly():
+    sys.path.insert(0, str(ROOT / "UnMix_MoCo" / "for_CIFAR"))
+    try:
+        unmix_cifar = pytest.importorskip("unmix_cifar")
+    finally:
+        sys.path.pop(0)
+    model = unmix_cifar.ModelMoCo()
+    own = model.state_dict()
+    assert layouts.compare(layouts.moco_cifar_spec(128, 4096), own) == []
+    assert list(own) == list(layouts.moco_cifar_spec())
+    fake = {k: v.clone() for k, v in fake_state_dict(layouts.moco_cifar_spec(128, 4096), fill=0.5).items()}
+    model.load_state_dict(fake, strict=True)
+    assert torch.equal(model.encoder_q.net[0].weight, torch.full((64, 3, 3, 3), 0.5))
+
+
+def test_simclr_byol_spec_matches_their_models():
+    sys.path.insert(0, str(ROOT / "UnMix_SimCLR_BYOL"))
+    try:
+        methods = pytest.importorskip("methods")
+    finally:
+        sys.path.pop(0)
+    assert layouts.detect(methods.build_model("simclr").state_dict()) == ("simclr_byol", "simclr-resnet18")
+    assert layouts.detect(methods.build_model("byol").state_dict()) == ("simclr_byol", "byol-resnet18")
+
+
+def test_every_kind_is_detected_and_distinct():
+    for kind, (_, variants) in ((k, v[:2]) for k, v in layouts.KINDS.items()):
+        for variant, spec in variants.items():
+            assert layouts.detect(fake_state_dict(spec)) == (kind, variant)
+
+
+# --- the catalogue against the README tables ----------------------------------------------------------------
+def _readme_tables():
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- reproduce:start -->(.*)<!-- reproduce:end -->", text, re.S)
+    assert m, "README has no reproduce block"
+    return [line for line in m.group(1).splitlines() if line.lstrip().startswith("|")]
+
+
+def _links(line):
+    urls = re.findall(r"\((https://[^)\s]+)\)", line)
+    return [u.split("?")[0].rstrip("/") for u in urls
+            if "drive.google.com" in u or "dl.fbaipublicfiles.com" in u]
+
+
+def test_catalogue_lists_every_link_of_the_readme_tables():
+    rows = _readme_tables()
+    by_url = {a.url: a for a in released.CATALOGUE.values()}
+    seen = set()
+    for row in rows:
+        last_number = None  # the published number governing the cells to its right
+        for cell in row.strip().strip("|").split("|"):
+            cell = cell.strip()
+            if re.fullmatch(r"\d{2}\.\d{1,2}", cell):
+                last_number = cell
+            for url in _links(cell):
+                assert url in by_url, f"README links {url}, which the catalogue lacks"
+                art = by_url[url]
+                seen.add(art.name)
+                # the link's own cell names it, or (a bare link cell) its row does
+                named = f"`{art.name}`" in cell or ("`" not in cell and f"`{art.name}`" in row)
+                assert named, f"the cell/row linking {url} should name `{art.name}`: {row}"
+                if last_number and re.search(r"\d\d\.\d", art.published):
+                    assert last_number in art.published, (row, art.published)
+    missing = set(released.CATALOGUE) - seen
+    assert not missing, f"catalogue entries absent from the README tables: {sorted(missing)}"
+
+
+def test_catalogue_has_the_published_artefacts():
+    cat = released.CATALOGUE
+    moco = [a for a in cat.values() if a.kind == "moco_cifar"]
+    assert len(moco) == 8 and {a.dataset for a in moco} == {"cifar10", "cifar100"}
+    assert sum(a.kind in ("moco_cifar_log", "moco_cifar_args") for a in cat.values()) == 16
+    assert len({a.where for a in cat.values()}) == len(cat)  # no link listed twice
+    assert cat["unmix_mocov2_in1k_r50"].where == "1-t1lgVk6qPBaPRqePPHsEtyf530DfEbt"
+    assert cat["unmix_moco_c10_symmetric"].published.endswith("92.25")
+    assert cat["moco_c100_asymmetric"].published.endswith("63.64")
+    folders = {a.where for a in cat.values() if a.source == "gdrive-folder"}
+    assert folders == {"1EHCU100944difnz8eqWpNME-NAHBvkce", "1P4X2aiQ2Wv-YMd_xR62UdfBsp299_9eX",
+                       "1pSJKWkgwdeLrigQmEzt_s2Jg__UrQE5d", "1BPQcrmEq9d-5MQ1AXpv0h0ZOBvh3QPxp",
+                       "1VUDMlp0NcawRPyPZSIEinSXULufdSmjO", "1ivyarxLdOajpjrLn06CcROdPIz-H74FC"}
+    for a in cat.values():
+        assert a.kind in layouts.KINDS or a.kind in ("moco_cifar_log", "moco_cifar_args", "folder")
+        if a.evaluate:
+            cmd = released.eval_command(a, path="/x/ckpt.pth", data="/d")
+            script = cmd.split()[1] if cmd.startswith("python") else cmd.split()[2]
+            assert (ROOT / script).is_file(), f"{a.name}: {script} does not exist"
+            assert "/x/ckpt.pth" in cmd
+
+
+# --- verification: accepted layouts ------------------------------------------------------------------------
+def test_verify_accepts_every_released_layout(tmp_path):
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    for i, (kind, variant, wrap) in enumerate(LAYOUTS):
+        f = fake_file(folder / f"{i}_{kind}.pth.tar", kind, variant, wrap)
+        lines = released.verify_path(f, kind)
+        assert lines and layouts.KINDS[kind][0] in lines[0]
+        if variant:
+            assert f"[{variant}]" in lines[0]
+    (folder / "log.csv").write_text("epoch,train_loss,test_acc@1\n1,9.5,20.0\n2,8.0,31.5\n")
+    (folder / "args.json").write_text(json.dumps({"arch": "resnet18", "lr": 0.06, "epochs": 1000,
+                                                  "batch_size": 512, "moco_dim": 128, "moco_k": 4096,
+                                                  "moco_m": 0.99, "moco_t": 0.1, "symmetric": True}))
+    # the CLI, auto-detecting the kind of every file of a downloaded folder
+    p = run_script([SCRIPT, "verify", folder])
+    assert p.stdout.count("OK ") == len(LAYOUTS) + 2, p.stdout
+    assert "test_acc@1 31.50" in p.stdout and "epochs 1000" in p.stdout
+    p = run_script([SCRIPT, "verify", folder / "0_moco_cifar.pth.tar", "--name", "unmix_moco_c10_symmetric"])
+    assert "OK" in p.stdout and "epoch 3" in p.stdout
+
+
+# --- verification: rejections, each one clear error line ----------------------------------------------------
+def test_verify_rejects_truncated_file(tmp_path):
+    good = fake_file(tmp_path / "model_last.pth", "moco_cifar")
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert_clean_error(run_script([SCRIPT, "verify", bad, "--kind", "moco_cifar"], check=False),
+                       "truncated")
+
+
+def test_verify_rejects_html_page(tmp_path):
+    page = tmp_path / "model_last.pth"
+    page.write_text("<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head>"
+                    "<body>Too many users have viewed or downloaded this file recently.</body></html>")
+    assert_clean_error(run_script([SCRIPT, "verify", page, "--name", "moco_c10_symmetric"], check=False),
+                       "HTML page")
+    log = tmp_path / "log.csv"
+    log.write_text(page.read_text())
+    assert_clean_error(run_script([SCRIPT, "verify", log], check=False), "HTML page")
+
+
+def test_verify_rejects_checkpoint_of_another_architecture(tmp_path):
+    swav = fake_file(tmp_path / "checkpoint.pth.tar", "swav_cifar")
+    p = run_script([SCRIPT, "verify", swav, "--kind", "moco_cifar"], check=False)
+    assert_clean_error(p, "not a moco_cifar checkpoint", "missing keys", "looks like a swav_cifar")
+    # same names, other shapes: a SwAV ImageNet ResNet-50 offered as SwAV CIFAR (7x7 vs 3x3 stem, more blocks)
+    r50 = fake_file(tmp_path / "r50.pth.tar", "swav_imagenet", "resnet50")
+    assert_clean_error(run_script([SCRIPT, "verify", r50, "--kind", "swav_cifar"], check=False),
+                       "not a swav_cifar checkpoint")
+    # a ResNet-18 MoCo CIFAR file whose encoder is a ResNet-34 (extra blocks, same names otherwise)
+    sd = fake_state_dict(layouts.moco_cifar_spec())
+    sd["encoder_q.net.3.2.conv1.weight"] = torch.zeros(64, 64, 3, 3)
+    sd["encoder_q.net.0.weight"] = torch.zeros(64, 3, 7, 7)
+    torch.save({"state_dict": sd}, tmp_path / "r34.pth")
+    with pytest.raises(CLIError, match=r"1 unexpected keys.*1 shape mismatches.*encoder_q\.net\.0\.weight"):
+        released.verify_path(tmp_path / "r34.pth", "moco_cifar")
+
+
+def test_verify_rejects_md5_mismatch_and_non_checkpoints(tmp_path):
+    f = fake_file(tmp_path / "moco_v2_800ep_pretrain.pth.tar", "moco_imagenet", "v2")
+    assert_clean_error(run_script([SCRIPT, "verify", f, "--name", "moco_v2_800ep"], check=False),
+                       "does not match the published a04e12f8")
+    torch.save({"epoch": 1, "optimizer": {}}, tmp_path / "nostate.pth")
+    with pytest.raises(CLIError, match="holds no model state_dict"):
+        released.verify_path(tmp_path / "nostate.pth")
+    (tmp_path / "bad.csv").write_text("epoch,loss\n1,2\n")
+    with pytest.raises(CLIError, match="not a MoCo CIFAR log.csv"):
+        released.verify_path(tmp_path / "bad.csv")
+
+
+# --- download (network replaced by fakes) and eval-cmd --------------------------------------------------------
+def test_download_https_verifies_and_is_idempotent(tmp_path, monkeypatch):
+    src = fake_file(tmp_path / "src.pth.tar", "swav_imagenet", "resnet50", wrap=False)
+    payload = src.read_bytes()
+    calls = []
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(payload))}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    def fake_urlopen(url, timeout=None):
+        calls.append(url)
+        return Response(payload)
+
+    monkeypatch.setattr(released.urllib.request, "urlopen", fake_urlopen)
+    art = released.CATALOGUE["swav_800ep"]
+    dest = released.download(art, out=tmp_path / "dl")
+    assert dest == tmp_path / "dl" / "swav_800ep" / "swav_800ep_pretrain.pth.tar"
+    assert dest.read_bytes() == payload and calls == [art.url]
+    released.download(art, out=tmp_path / "dl")  # present: verified, not fetched again
+    assert len(calls) == 1
+
+
+def test_download_gdrive_file_html_quota_page_is_refused(tmp_path, monkeypatch):
+    def fake_download(id=None, output=None, quiet=False):
+        Path(output).write_text("<html><body>Google Drive - Quota exceeded</body></html>")
+        return output
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=fake_download))
+    with pytest.raises(CLIError, match="HTML page"):
+        released.download(released.CATALOGUE["unmix_moco_c100_symmetric"], out=tmp_path)
+
+
+def test_download_gdrive_folder_uses_gdown_folder(tmp_path, monkeypatch):
+    asked = {}
+
+    def fake_folder(id=None, output=None, quiet=False):
+        asked["id"] = id
+        run = Path(output) / "unmix_400ep"
+        run.mkdir(parents=True)
+        fake_file(run / "checkpoint.pth.tar", "swav_cifar")
+        return [str(run / "checkpoint.pth.tar")]
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download_folder=fake_folder))
+    dest = released.download(released.CATALOGUE["swav_c10_weights"], out=tmp_path)
+    assert asked["id"] == "1EHCU100944difnz8eqWpNME-NAHBvkce"
+    assert (dest / "unmix_400ep" / "checkpoint.pth.tar").is_file()
+
+
+def test_cli_list_eval_cmd_and_errors(tmp_path):
+    p = run_script([SCRIPT, "list", "--json"])
+    rows = json.loads(p.stdout)
+    assert {r["name"] for r in rows} == set(released.CATALOGUE)
+    p = run_script([SCRIPT, "eval-cmd", "unmix_moco_c100_symmetric", "--path", tmp_path / "m.pth"])
+    assert p.stdout.split()[:3] == ["python", "UnMix_MoCo/for_CIFAR/eval_knn.py", str(tmp_path / "m.pth")]
+    assert "--dataset cifar100" in p.stdout
+    assert_clean_error(run_script([SCRIPT, "eval-cmd", "no_such_model"], check=False), "no released artefact")
+    assert_clean_error(run_script([SCRIPT, "eval-cmd", "moco_c10_symmetric_args"], check=False),
+                       "no evaluation command")
+    assert_clean_error(run_script([SCRIPT, "verify", tmp_path / "absent.pth"], check=False), "does not exist")
+    h = run_script([SCRIPT, "download", "--help"])
+    assert "released_checkpoints" in h.stdout
