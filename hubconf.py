@@ -14,35 +14,36 @@ The CIFAR models use the 3x3 stride-1 stem without maxpool (see tools/convert_to
 """
 dependencies = ["torch", "torchvision"]
 
-import os  # noqa: E402
+# imported under private names so that only the model builders below are hub entries
+import os as _os  # noqa: E402
 
-import torch  # noqa: E402
+import torch as _torch  # noqa: E402
 
-from common.checkpoint import load_checkpoint  # noqa: E402
-from tools import layouts  # noqa: E402
-from tools.convert_to_torchvision import build_torchvision, convert_state_dict  # noqa: E402
-from tools.released import CATALOGUE, download  # noqa: E402
+from common.checkpoint import load_checkpoint as _load_checkpoint  # noqa: E402
+from tools import layouts as _layouts  # noqa: E402
+from tools.convert_to_torchvision import build_torchvision as _build, convert_state_dict as _convert  # noqa: E402
+from tools.released import CATALOGUE as _CATALOGUE, download as _download  # noqa: E402
 
 
 def _checkpoint(name, progress):
-    art = CATALOGUE[name]
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints", "unmix")
+    art = _CATALOGUE[name]
+    cache = _os.path.join(_torch.hub.get_dir(), "checkpoints", "unmix")
     if art.source == "https":
-        return torch.hub.load_state_dict_from_url(art.url, model_dir=cache, map_location="cpu",
+        return _torch.hub.load_state_dict_from_url(art.url, model_dir=cache, map_location="cpu",
                                                   progress=progress, file_name=art.filename,
                                                   weights_only=False)
-    return load_checkpoint(download(art, out=cache))
+    return _load_checkpoint(_download(art, out=cache))
 
 
 def _load(kind, name, pretrained, progress, checkpoint, **kwargs):
-    model = build_torchvision(kind, **kwargs)
+    model = _build(kind, **kwargs)
     if not (pretrained or checkpoint):
         return model
-    obj = load_checkpoint(checkpoint) if checkpoint else _checkpoint(name, progress)
-    sd = layouts.state_dict_of(obj)
+    obj = _load_checkpoint(checkpoint) if checkpoint else _checkpoint(name, progress)
+    sd = _layouts.state_dict_of(obj)
     if sd is None:
         raise ValueError(f"{checkpoint or name} holds no model state_dict")
-    sd, found, _ = convert_state_dict(sd)
+    sd, found, _ = _convert(sd)
     if found != kind:
         raise ValueError(f"{checkpoint or name} is a {found} checkpoint, not {kind}")
     missing, unexpected = model.load_state_dict(sd, strict=False)

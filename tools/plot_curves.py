@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
 
-ACC_PREFERENCE = ("test_acc@1", "prec1_val", "knn_acc", "linear_acc", "test_acc", "acc")
+ACC_PREFERENCE = ("test_acc@1", "linear_acc@1", "prec1_val", "knn_acc", "linear_acc", "test_acc", "acc")
 
 
 def parse_run(spec):

@@ -27,7 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.checkpoint import load_checkpoint  # noqa: E402
 from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
 from tools import layouts  # noqa: E402
 
@@ -211,6 +210,7 @@ def verify_args(path):
 
 def verify_checkpoint(path, kind=None):
     """Loads ``path`` and checks its layout against ``kind`` (auto-detected when None); returns a summary."""
+    from common.checkpoint import load_checkpoint  # imports torch: only when a checkpoint is read
     obj = load_checkpoint(path)  # CLIError for missing / empty / HTML / truncated / foreign files
     sd = layouts.state_dict_of(obj)
     if sd is None:
