@@ -58,16 +58,16 @@ def get_parser():
     p.add_argument("-a", "--arch", metavar="ARCH", default="resnet50", choices=MODEL_NAMES,
                    help="torchvision backbone: " + " | ".join(MODEL_NAMES))
     p.add_argument("-j", "--workers", default=32, type=int, help="data loading workers per node")
-    p.add_argument("--epochs", default=200, type=int)
+    p.add_argument("--epochs", default=200, type=int, help="number of epochs")
     p.add_argument("--start-epoch", default=0, type=int, help="manual epoch number (overwritten by --resume)")
     p.add_argument("-b", "--batch-size", default=256, type=int,
                    help="total batch over the processes of one node (upstream's meaning)")
     p.add_argument("--lr", "--learning-rate", default=0.03, type=float, dest="lr", help="initial learning rate")
     p.add_argument("--schedule", default=[120, 160], nargs="*", type=int,
                    help="epochs at which the lr is multiplied by 0.1 (ignored with --cos)")
-    p.add_argument("--momentum", default=0.9, type=float)
-    p.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay")
-    p.add_argument("-p", "--print-freq", default=10, type=int)
+    p.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
+    p.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
+    p.add_argument("-p", "--print-freq", default=10, type=int, help="print every N iterations")
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint_XXXX.pth.tar to continue")
     p.add_argument("--seed", default=None, type=int,
                    help="seeds python/torch (as upstream) and also NumPy with seed+rank (upstream left the "
