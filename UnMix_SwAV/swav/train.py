@@ -89,41 +89,45 @@ def build_parser(variant):
                        help="the ImageNet TRAIN folder itself (ImageFolder root: <class>/<image>)")
     p.add_argument("--nmb_crops", type=int, nargs="+", default=d["nmb_crops"], help="crops per resolution")
     p.add_argument("--size_crops", type=int, nargs="+", default=d["size_crops"], help="crop resolutions")
-    p.add_argument("--min_scale_crops", type=float, nargs="+", default=d["min_scale_crops"])
-    p.add_argument("--max_scale_crops", type=float, nargs="+", default=d["max_scale_crops"])
+    p.add_argument("--min_scale_crops", type=float, nargs="+", default=d["min_scale_crops"],
+                   help="RandomResizedCrop minimum scale per resolution")
+    p.add_argument("--max_scale_crops", type=float, nargs="+", default=d["max_scale_crops"],
+                   help="RandomResizedCrop maximum scale per resolution")
     p.add_argument("--use_pil_blur", type=bool_flag, default=True,
                    help="ignored on CIFAR (upstream for_CIFAR has no blur)" if variant == "cifar"
                    else "PIL Gaussian blur (p=0.5) as upstream; false: no blur")
     p.add_argument("--crops_for_assign", type=int, nargs="+", default=[0, 1],
                    help="crops whose codes are computed")
-    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the predictions")
     p.add_argument("--epsilon", type=float, default=0.05, help="Sinkhorn regularisation")
     p.add_argument("--improve_numerical_stability", type=bool_flag, default=False,
                    help="subtract the global max before exp (old Sinkhorn, CIFAR only)")
-    p.add_argument("--sinkhorn_iterations", type=int, default=3)
-    p.add_argument("--feat_dim", type=int, default=128)
-    p.add_argument("--nmb_prototypes", type=int, default=d["nmb_prototypes"])
+    p.add_argument("--sinkhorn_iterations", type=int, default=3, help="Sinkhorn-Knopp iterations")
+    p.add_argument("--feat_dim", type=int, default=128, help="projection (embedding) dimension")
+    p.add_argument("--nmb_prototypes", type=int, default=d["nmb_prototypes"], help="number of prototypes")
     p.add_argument("--queue_length", type=int, default=d["queue_length"],
                    help="global queue length, rounded to a multiple of batch_size * world_size "
                         "(see --queue_rounding); 0: no queue")
     p.add_argument("--queue_rounding", choices=["down", "up"], default="down",
                    help="'down' as upstream (the CIFAR scripts' 120 with batch 128 becomes 0: no queue); "
                         "'up' rounds to the next multiple instead")
-    p.add_argument("--epoch_queue_starts", type=int, default=d["epoch_queue_starts"])
-    p.add_argument("--epochs", type=int, default=d["epochs"])
+    p.add_argument("--epoch_queue_starts", type=int, default=d["epoch_queue_starts"],
+                   help="epoch from which the queue is used")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs")
     p.add_argument("--batch_size", type=int, default=d["batch_size"], help="per process")
-    p.add_argument("--base_lr", type=float, default=d["base_lr"])
-    p.add_argument("--final_lr", type=float, default=d["final_lr"])
+    p.add_argument("--base_lr", type=float, default=d["base_lr"], help="learning rate after the warmup")
+    p.add_argument("--final_lr", type=float, default=d["final_lr"], help="learning rate at the end (cosine)")
     p.add_argument("--freeze_prototypes_niters", type=int, default=d["freeze_prototypes_niters"],
                    help="the prototypes get no update during the first iterations")
     p.add_argument("--wd", type=float, default=1e-6, help="weight decay")
-    p.add_argument("--warmup_epochs", type=int, default=d["warmup_epochs"])
-    p.add_argument("--start_warmup", type=float, default=d["start_warmup"])
+    p.add_argument("--warmup_epochs", type=int, default=d["warmup_epochs"], help="linear warmup epochs")
+    p.add_argument("--start_warmup", type=float, default=d["start_warmup"], help="learning rate at iteration 0")
     p.add_argument("--dist_url", default="env://", help="init method (tcp://host:port or env://)")
     p.add_argument("--world_size", type=int, default=-1, help="ignored: taken from the launcher")
     p.add_argument("--rank", type=int, default=0, help="ignored: taken from the launcher")
     add_local_rank_arg(p)
-    p.add_argument("--arch", default=d["arch"], choices=list(ARCHS))
+    p.add_argument("--arch", default=d["arch"], choices=list(ARCHS),
+                   help="resnet18 is upstream's CIFAR Bottleneck [2, 2, 2, 2] network (2048-d features)")
     p.add_argument("--hidden_mlp", type=int, default=d["hidden_mlp"], help="projection head hidden width")
     p.add_argument("--workers", type=int, default=d["workers"], help="data workers per process")
     p.add_argument("--checkpoint_freq", type=int, default=25, help="keep checkpoints/ckp-{epoch}.pth every N")
@@ -133,13 +137,13 @@ def build_parser(variant):
                    help="'pytorch': nn.SyncBatchNorm over all processes; 'apex': SyncBN within groups of "
                         "--syncbn_process_group_size consecutive ranks (apex itself if installed); "
                         "anything else: none. Needs CUDA and a process group")
-    p.add_argument("--syncbn_process_group_size", type=int, default=8)
+    p.add_argument("--syncbn_process_group_size", type=int, default=8, help="ranks per group for --sync_bn apex")
     p.add_argument("--dump_path", default=d["dump_path"],
                    help="output folder; {name} fields are filled from the arguments")
     p.add_argument("--resume", type=bool_flag, nargs="?", const=True, default=False,
                    help="continue the run in --dump_path (upstream resumed automatically; here a run is "
                         "never overwritten without it)")
-    p.add_argument("--seed", type=int, default=31)
+    p.add_argument("--seed", type=int, default=31, help="seed of torch and NumPy (the same on every rank)")
     # Un-Mix
     p.add_argument("--run_swav", type=bool_flag, default=False, help="true: vanilla SwAV (no Un-Mix)")
     p.add_argument("--unmix_prob", type=float, default=d["unmix_prob"],
