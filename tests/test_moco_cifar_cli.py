@@ -1,0 +1,145 @@
+"""The MoCo CIFAR demo run as a user would: outputs, exact resume after kill -9, evaluation, bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, assert_clean_error, run_script, script_env
+
+C10 = "UnMix_MoCo/for_CIFAR/unmix_c10.py"
+C100 = "UnMix_MoCo/for_CIFAR/unmix_c100.py"
+EVAL = "UnMix_MoCo/for_CIFAR/eval_knn.py"
+TINY = ["--batch-size", "8", "--bn-splits", "2", "--moco-k", "16", "--image-size", "16", "--workers", "0",
+        "--seed", "0", "--knn-k", "20"]
+
+
+def train(script, data, out, *extra, epochs=1, check=True):
+    return run_script([script, "--data", data, "--results-dir", out, "--epochs", epochs, *TINY, *extra], check=check)
+
+
+@pytest.fixture(scope="module")
+def c10_run(cifar10_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("c10") / "run"
+    p = train(C10, cifar10_root, out, epochs=2)
+    return out, p
+
+
+def test_c10_run_writes_upstream_outputs(c10_run):
+    out, p = c10_run
+    assert {"args.json", "log.csv", "model_last.pth", "curves.png"} <= set(os.listdir(out))
+    log = pd.read_csv(out / "log.csv")
+    assert list(log.columns) == ["epoch", "train_loss", "test_acc@1"] and list(log.epoch) == [1, 2]
+    assert log["test_acc@1"].between(0, 100).all() and log.train_loss.gt(0).all()
+    ckpt = torch.load(out / "model_last.pth", weights_only=False)
+    assert ckpt["epoch"] == 2 and {"state_dict", "optimizer"} <= set(ckpt)
+    assert ckpt["state_dict"]["queue"].shape == (128, 16)
+    assert "Train Epoch: [2/2]" in p.stderr and "Acc@1" in p.stdout
+    assert (out / "curves.png").stat().st_size > 5000
+
+
+def test_eval_reads_checkpoint(c10_run, tmp_path):
+    out, _ = c10_run
+    res = tmp_path / "eval.json"
+    p = run_script([EVAL, out / "model_last.pth", "--linear-epochs", "3", "--workers", "0", "--output", res])
+    assert "kNN" in p.stdout and "linear probe" in p.stdout
+    import json
+    r = json.loads(res.read_text())
+    assert 0 <= r["knn_top1"] <= 100 and 0 <= r["linear_top1"] <= 100 and r["epoch"] == 2
+
+
+def test_eval_refuses_other_architecture(c10_run):
+    out, _ = c10_run
+    p = run_script([EVAL, out / "model_last.pth", "-a", "resnet34"], check=False)
+    assert_clean_error(p, "does not match")
+
+
+def test_c100_and_imagefolder_runs(cifar100_root, imagefolder_root, tmp_path):
+    train(C100, cifar100_root, tmp_path / "c100", "--asymmetric", "--no-unmix", "--moco-k", "8")
+    ckpt = torch.load(tmp_path / "c100" / "model_last.pth", weights_only=False)
+    assert ckpt["args"]["dataset"] == "cifar100" and ckpt["args"]["symmetric"] is False
+    train(C10, imagefolder_root, tmp_path / "imf", "--dataset", "imagefolder", "--two-pass")
+    log = pd.read_csv(tmp_path / "imf" / "log.csv")
+    assert len(log) == 1
+
+
+def state(path):
+    return torch.load(path, weights_only=False)
+
+
+def test_kill_9_then_resume_matches_uninterrupted_run(cifar10_root, tmp_path):
+    epochs = 2
+    full = tmp_path / "full"
+    train(C10, cifar10_root, full, epochs=epochs)
+    # interrupted run: SIGKILL as soon as epoch 1's checkpoint exists (training epoch 2, or writing it)
+    part = tmp_path / "part"
+    cmd = [sys.executable, C10, "--data", str(cifar10_root), "--results-dir", str(part), "--epochs", str(epochs), *TINY]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ck = part / "model_last.pth"
+        if ck.exists() and state(ck)["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = state(part / "model_last.pth")["epoch"]
+    assert killed_at < epochs, "run finished before it could be killed"
+    # resuming without --resume is refused; with it the run continues exactly
+    assert_clean_error(train(C10, cifar10_root, part, epochs=epochs, check=False), "--resume")
+    run_script([C10, "--data", cifar10_root, "--resume", part / "model_last.pth", "--epochs", epochs, *TINY])
+    a, b = state(full / "model_last.pth"), state(part / "model_last.pth")
+    assert b["epoch"] == epochs
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert (full / "log.csv").read_text() == (part / "log.csv").read_text()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--batch-size", "12", "--moco-k", "16"], "must be a multiple"),
+    (["--batch-size", "9", "--bn-splits", "2"], "divisible by --bn-splits"),
+    (["--batch-size", "128", "--moco-k", "256"], "fewer than one batch"),
+])
+def test_bad_sizes_are_refused(cifar10_root, tmp_path, args, fragment):
+    p = run_script([C10, "--data", cifar10_root, "--results-dir", tmp_path / "r", *TINY, *args], check=False)
+    assert_clean_error(p, fragment)
+    assert not (tmp_path / "r" / "model_last.pth").exists()
+
+
+def test_missing_and_malformed_datasets(tmp_path, imagefolder_root):
+    p = run_script([C10, "--dataset", "imagefolder", "--data", tmp_path / "nowhere", *TINY], check=False)
+    assert_clean_error(p, "does not exist")
+    flat = tmp_path / "flat" / "train"
+    flat.mkdir(parents=True)
+    (flat / "x.png").write_bytes(b"")
+    p = run_script([C10, "--dataset", "imagefolder", "--data", tmp_path / "flat", *TINY], check=False)
+    assert_clean_error(p, "class sub-folders")
+    bad = tmp_path / "badcifar" / "cifar-10-batches-py"
+    bad.mkdir(parents=True)
+    for name in ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]:
+        (bad / name).write_bytes(b"not a pickle")
+    p = run_script([C10, "--data", tmp_path / "badcifar", *TINY], check=False)
+    assert_clean_error(p, "cifar10")
+
+
+def test_corrupt_and_foreign_checkpoints(c10_run, cifar10_root, tmp_path):
+    out, _ = c10_run
+    good = (out / "model_last.pth").read_bytes()
+    (tmp_path / "trunc.pth").write_bytes(good[: len(good) // 2])
+    (tmp_path / "page.pth").write_bytes(b"<!DOCTYPE html><html><body>Quota exceeded</body></html>")
+    torch.save({"epoch": 1, "state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "foreign.pth")
+    for name, frag in [("trunc.pth", "cannot read"), ("page.pth", "HTML"), ("foreign.pth", "does not match")]:
+        p = run_script([C10, "--data", cifar10_root, "--resume", tmp_path / name, "--results-dir", tmp_path / name[:-4],
+                        *TINY], check=False)
+        assert_clean_error(p, frag)
+        p = run_script([EVAL, tmp_path / name], check=False)
+        assert p.returncode != 0 and "Traceback" not in p.stderr
+
+
+def test_help_shows_defaults():
+    p = run_script([C10, "--help"])
+    assert "default: 1000" in p.stdout and "default: 0.06" in p.stdout and "--no-unmix" in p.stdout
