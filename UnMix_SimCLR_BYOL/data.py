@@ -32,9 +32,10 @@ def train_transform(dataset, size):
 
 def eval_transform(dataset, size):
     """No augmentation. ImageFolder images are resized and centre-cropped to ``size`` (a no-op for 64-px
-    Tiny ImageNet, which htdt feeds as is); CIFAR images are used at their native 32 px, as htdt."""
+    Tiny ImageNet, which htdt feeds as is); CIFAR images are used at their native 32 px, as htdt, unless
+    a different --crop-size was chosen (then they are resized to it like the training crops)."""
     mean, std = NORMALIZE[dataset]
-    resize = [T.Resize(size), T.CenterCrop(size)] if dataset == "imagefolder" else []
+    resize = [T.Resize(size), T.CenterCrop(size)] if dataset == "imagefolder" or size != CROP[dataset] else []
     return T.Compose(resize + [T.ToTensor(), T.Normalize(mean, std)])
 
 

@@ -43,13 +43,14 @@ CHECKPOINT = "model_last.pth"
 def build_parser():
     p = argparse.ArgumentParser(description="Train SimCLR or BYOL (+ Un-Mix) with htdt's CIFAR protocol",
                                 formatter_class=HelpFormatter)
-    p.add_argument("--method", default="simclr", choices=["simclr", "byol"])
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "imagefolder"])
+    p.add_argument("--method", default="simclr", choices=["simclr", "byol"], help="base method")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "imagefolder"],
+                   help="imagefolder follows htdt's Tiny ImageNet settings (64 px, max-pool kept)")
     p.add_argument("--data", default="data", metavar="DIR",
                    help="dataset root: CIFAR is downloaded here when missing; for imagefolder, DIR/train and "
                         "DIR/val hold class folders")
     p.add_argument("-a", "--arch", default="resnet18", help="torchvision ResNet (small-image stem applied)")
-    p.add_argument("--epochs", default=1000, type=int)
+    p.add_argument("--epochs", default=1000, type=int, help="training epochs")
     p.add_argument("--batch-size", default=512, type=int, help="original images per batch (N)")
     p.add_argument("--lr", default=3e-3, type=float, help="Adam learning rate")
     p.add_argument("--adam-l2", default=1e-6, type=float, help="Adam weight_decay (coupled L2, not AdamW)")
@@ -88,6 +89,8 @@ def build_parser():
     p.add_argument("--save-every", default=100, type=int,
                    help="also write htdt's {method}_{dataset}_{ep}.pt state_dict every N epochs (0: never)")
     p.add_argument("--resume", default="", metavar="PATH", help="model_last.pth to continue from, exactly")
+    p.add_argument("--stop-after", default=None, type=int, metavar="EPOCH",
+                   help="end this session after epoch EPOCH (for time-limited jobs; continue with --resume)")
     p.add_argument("--results-dir", default="", metavar="DIR",
                    help="output folder; default ./results/{method}_{dataset}_{unmix|baseline}, or the resumed "
                         "checkpoint's folder")
@@ -223,7 +226,8 @@ def main(argv=None):
     save_args(args, results_dir / "args.json")
 
     # loop
-    for epoch in range(start_epoch, args.epochs):  # 0-based, as htdt; logs and checkpoints count from 1
+    last = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
+    for epoch in range(start_epoch, last):  # 0-based, as htdt; logs and checkpoints count from 1
         loss, base, lr, tau, step = train_epoch(model, train_loader, optimizer, scaler, epoch, step, args, device)
         row = {"epoch": epoch + 1, "train_loss": loss, "base_loss": base, "lr": lr}
         if tau is not None:
