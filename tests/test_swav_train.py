@@ -42,7 +42,8 @@ def _assert_layout(dump, world, queue):
         expected |= {f"queue{r}.pth" for r in range(world)}
     assert expected <= names, names
     assert not any(n.startswith(".tmp") or n.endswith(".tmp") for n in names), names  # atomic writes
-    ckpt = _ckpt(dump / "checkpoint.pth.tar")
+    # loadable by tools that read upstream checkpoints with PyTorch >= 2.6's weights_only default
+    ckpt = torch.load(dump / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
     assert {"epoch", "state_dict", "optimizer"} <= set(ckpt)
     assert all(k.startswith("module.") for k in ckpt["state_dict"])
     assert set(ckpt["optimizer"]) == {"state", "param_groups"}  # the inner SGD's state_dict, as LARC's

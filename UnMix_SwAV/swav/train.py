@@ -288,6 +288,22 @@ def create_logger(path, rank):
     return logger
 
 
+def rng_state_for_checkpoint():
+    """``common.checkpoint.get_rng_state()`` with NumPy's array as a tensor, so that the checkpoint still
+    loads with ``torch.load(..., weights_only=True)`` (the default of PyTorch >= 2.6 and of tools that
+    read upstream checkpoints)."""
+    state = get_rng_state()
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    return state
+
+
+def restore_rng_state(state):
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy().astype(np.uint32) if torch.is_tensor(keys) else keys
+    set_rng_state(dict(state, numpy=(kind, keys, pos, has_gauss, gauss)))
+
+
 def gather_objects(obj, world):
     if world == 1:
         return [obj]
@@ -436,7 +452,7 @@ def main(variant, argv=None):
                          make_sinkhorn(args, variant), softmax_then_log=v["softmax_then_log"])
     stats = load_stats(dump / f"stats{rank}.pkl", start_epoch)
     if rng_states is not None:
-        set_rng_state(rng_states[rank])
+        restore_rng_state(rng_states[rank])
 
     for epoch in range(start_epoch, args.epochs):
         logger.info(f"============ Starting epoch {epoch} ... ============")
@@ -449,7 +465,7 @@ def main(variant, argv=None):
         stats.loc[len(stats)] = [ep, loss]
         stats.to_pickle(f"{dump}/stats{rank}.pkl.tmp")
         os.replace(f"{dump}/stats{rank}.pkl.tmp", dump / f"stats{rank}.pkl")
-        rng = gather_objects(get_rng_state(), world)  # every rank's RNG, for an exact resume
+        rng = gather_objects(rng_state_for_checkpoint(), world)  # every rank's RNG, for an exact resume
         if rank == 0:
             save_dict = {"epoch": epoch + 1,
                          "state_dict": {"module." + k: t for k, t in raw_model.state_dict().items()},
@@ -486,7 +502,7 @@ def train_one_epoch(loader, model, raw_model, optimizer, scaler, epoch, schedule
         data_time.update(time.time() - end)
         iteration = epoch * len(loader) + it
         for group in optimizer.param_groups:
-            group["lr"] = schedule[iteration]
+            group["lr"] = float(schedule[iteration])  # a Python float: weights_only-loadable
 
         # normalise the prototypes (cosine-similarity scores), every iteration before the forward
         with torch.no_grad():
