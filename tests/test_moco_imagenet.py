@@ -340,26 +340,18 @@ def test_slurm_and_torchrun_environments_are_planned_per_process(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     assert plan_launch(args).mode == "single"
     # srun: 2 nodes x 16 tasks ("16(x2)"); upstream's SwAV parser read only the first character
-    monkeypatch.setenv("SLURM_JOB_ID", "1")
-    monkeypatch.setenv("SLURM_PROCID", "17")
-    monkeypatch.setenv("SLURM_NTASKS", "32")
-    monkeypatch.setenv("SLURM_LOCALID", "1")
-    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "16(x2)")
+    setenv = lambda **kv: [monkeypatch.setenv(k, v) for k, v in kv.items()]  # noqa: E731
+    setenv(SLURM_JOB_ID="1", SLURM_PROCID="17", SLURM_NTASKS="32", SLURM_LOCALID="1", SLURM_TASKS_PER_NODE="16(x2)")
     plan = plan_launch(args)
     assert (plan.mode, plan.world, plan.procs_per_node, plan.dist_url) == ("launcher", 32, 16, "tcp://localhost:10002")
     assert per_process(256, plan) == 16  # -b stays the per-node total
     # srun with one task per node + --multiprocessing-distributed: Slurm tasks count nodes (upstream's env://)
-    monkeypatch.setenv("SLURM_PROCID", "1")
-    monkeypatch.setenv("SLURM_NTASKS", "2")
+    setenv(SLURM_PROCID="1", SLURM_NTASKS="2")
     args_mp = pretrain.get_parser().parse_args(["data", "--multiprocessing-distributed", "--nproc", "3"])
     plan = plan_launch(args_mp)
     assert (plan.mode, plan.world, plan.procs_per_node, plan.node_rank) == ("spawn", 6, 3, 1)
     # torchrun wins over Slurm variables and rendezvous through env://
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "1234")
+    setenv(RANK="1", WORLD_SIZE="4", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1234")
     plan = plan_launch(args)
     assert (plan.mode, plan.world, plan.procs_per_node, plan.dist_url) == ("launcher", 4, 2, "env://")
 

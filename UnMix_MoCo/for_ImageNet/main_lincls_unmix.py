@@ -24,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torchvision.models as models  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
@@ -35,15 +34,15 @@ from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic, strip_prefix  # noqa: E402
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, image_folder, split_dir  # noqa: E402
-from common.dist import is_dist  # noqa: E402
+from common.dist import barrier, cleanup, is_dist  # noqa: E402
 from common.logs import write_csv  # noqa: E402
 from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
                                                       per_process_workers, plan_launch, setup_worker)
-from UnMix_MoCo.for_ImageNet.moco.train_utils import (adjust_learning_rate, gather_rng_states,  # noqa: E402
-                                                      module_state_dict, restore_rng_states)
+from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_learning_rate,  # noqa: E402
+                                                      gather_rng_states, module_state_dict,
+                                                      restore_rng_states)
 
-MODEL_NAMES = sorted(models.list_models(module=models))
 CKPT_NAME, BEST_NAME, LOG_NAME = "checkpoint.pth.tar", "model_best.pth.tar", "log.csv"
 PREFIX = "module.encoder_q."
 
@@ -51,18 +50,8 @@ PREFIX = "module.encoder_q."
 def get_parser():
     p = argparse.ArgumentParser(description="Linear classification of MoCo / Un-Mix features (ImageNet)",
                                 formatter_class=HelpFormatter)
-    p.add_argument("data", metavar="DIR", help="dataset root holding train/ and val/ (ImageFolder)")
-    p.add_argument("-a", "--arch", metavar="ARCH", default="resnet50", choices=MODEL_NAMES,
-                   help="torchvision backbone: " + " | ".join(MODEL_NAMES))
-    p.add_argument("-j", "--workers", default=32, type=int, help="data loading workers per node")
-    p.add_argument("--epochs", default=100, type=int, help="number of epochs")
-    p.add_argument("--start-epoch", default=0, type=int, help="manual epoch number (overwritten by --resume)")
-    p.add_argument("-b", "--batch-size", default=256, type=int, help="total batch over the processes of one node")
-    p.add_argument("--lr", "--learning-rate", default=30.0, type=float, dest="lr", help="initial learning rate")
-    p.add_argument("--schedule", default=[60, 80], nargs="*", type=int, help="epochs at which lr is x0.1")
-    p.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
-    p.add_argument("--wd", "--weight-decay", default=0.0, type=float, dest="weight_decay", help="weight decay")
-    p.add_argument("-p", "--print-freq", default=10, type=int, help="print every N iterations")
+    add_training_args(p, "dataset root holding train/ and val/ (ImageFolder)", epochs=100, lr=30.0,
+                      schedule=[60, 80], weight_decay=0.0)
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="a checkpoint.pth.tar of this script")
     p.add_argument("-e", "--evaluate", action="store_true", help="evaluate on val/ and exit")
     p.add_argument("--seed", default=None, type=int, help="seed python and torch (cudnn deterministic)")
@@ -128,8 +117,8 @@ def build_model(arch):
 
 def run_epoch(loader, model, criterion, device, optimizer=None, epoch=0, print_freq=10, log=print):
     """Trains (with ``optimizer``) or validates; the model is in eval mode either way, as upstream."""
-    meters = {"loss": AverageMeter("Loss", ":.4e"), "acc1": AverageMeter("Acc@1", ":6.2f"),
-              "acc5": AverageMeter("Acc@5", ":6.2f"), "time": AverageMeter("Time", ":6.3f")}
+    meters = {"time": AverageMeter("Time", ":6.3f"), "loss": AverageMeter("Loss", ":.4e"),
+              "acc1": AverageMeter("Acc@1", ":6.2f"), "acc5": AverageMeter("Acc@5", ":6.2f")}
     model.eval()  # frozen BN statistics during training too
     end = time.time()
     with torch.set_grad_enabled(optimizer is not None):
@@ -170,7 +159,8 @@ def main_worker(local_index, args, plan):
         load_pretrained(net, args.pretrained)
         log(f"=> loaded pre-trained model '{args.pretrained}'")
     net = net.to(device)
-    model = DistributedDataParallel(net) if is_dist() else net
+    ids = [device.index] if device.type == "cuda" else None
+    model = DistributedDataParallel(net, device_ids=ids) if is_dist() else net
     criterion = nn.CrossEntropyLoss().to(device)
     parameters = [p for p in net.parameters() if p.requires_grad]
     assert len(parameters) == 2  # fc.weight, fc.bias
@@ -229,9 +219,8 @@ def main_worker(local_index, args, plan):
             if epoch == args.start_epoch and args.pretrained:  # guarded: upstream crashed without --pretrained
                 sanity_check(state, args.pretrained)
     log(f"best Acc@1 {best_acc1:.3f}")
-    if is_dist():
-        dist.barrier()
-        dist.destroy_process_group()
+    barrier()  # nobody leaves while the main process is still saving
+    cleanup()
 
 
 def main(argv=None):

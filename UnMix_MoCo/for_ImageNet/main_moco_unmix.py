@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torchvision.models as models  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
@@ -35,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic, strip_prefix  # noqa: E402
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.data import TwoCrops, check_image_folder, image_folder, split_dir  # noqa: E402
-from common.dist import is_dist  # noqa: E402
+from common.dist import barrier, cleanup, is_dist  # noqa: E402
 from common.logs import plot_curves, write_csv  # noqa: E402
 from common.mix import unmix_batch, unmix_loss  # noqa: E402
 from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
@@ -43,31 +42,18 @@ from UnMix_MoCo.for_ImageNet.moco.builder import MoCo  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
                                                       per_process_workers, plan_launch, setup_worker)
 from UnMix_MoCo.for_ImageNet.moco.loader import pretrain_transform  # noqa: E402
-from UnMix_MoCo.for_ImageNet.moco.train_utils import (adjust_learning_rate, gather_rng_states,  # noqa: E402
-                                                      module_state_dict, restore_rng_states)
+from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_learning_rate,  # noqa: E402
+                                                      gather_rng_states, module_state_dict,
+                                                      restore_rng_states)
 
-# upstream listed every lowercase callable of torchvision.models (helpers included); builders only
-MODEL_NAMES = sorted(models.list_models(module=models))
 LOG_NAME = "log.csv"
 
 
 def get_parser():
     p = argparse.ArgumentParser(description="MoCo v1/v2 + Un-Mix pretraining (ImageNet)",
                                 formatter_class=HelpFormatter)
-    p.add_argument("data", metavar="DIR", help="dataset root holding train/<class>/<image>")
-    p.add_argument("-a", "--arch", metavar="ARCH", default="resnet50", choices=MODEL_NAMES,
-                   help="torchvision backbone: " + " | ".join(MODEL_NAMES))
-    p.add_argument("-j", "--workers", default=32, type=int, help="data loading workers per node")
-    p.add_argument("--epochs", default=200, type=int, help="number of epochs")
-    p.add_argument("--start-epoch", default=0, type=int, help="manual epoch number (overwritten by --resume)")
-    p.add_argument("-b", "--batch-size", default=256, type=int,
-                   help="total batch over the processes of one node (upstream's meaning)")
-    p.add_argument("--lr", "--learning-rate", default=0.03, type=float, dest="lr", help="initial learning rate")
-    p.add_argument("--schedule", default=[120, 160], nargs="*", type=int,
-                   help="epochs at which the lr is multiplied by 0.1 (ignored with --cos)")
-    p.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
-    p.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
-    p.add_argument("-p", "--print-freq", default=10, type=int, help="print every N iterations")
+    add_training_args(p, "dataset root holding train/<class>/<image>", epochs=200, lr=0.03,
+                      schedule=[120, 160], weight_decay=1e-4)
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint_XXXX.pth.tar to continue")
     p.add_argument("--seed", default=None, type=int,
                    help="seeds python/torch (as upstream) and also NumPy with seed+rank (upstream left the "
@@ -186,7 +172,8 @@ def main_worker(local_index, args, plan):
     # model
     log(f"=> creating model '{args.arch}' ({plan.mode}: {world} process(es), batch {batch_size} each, {device})")
     net = build_model(args).to(device)
-    model = DistributedDataParallel(net) if is_dist() else net  # default settings, as upstream
+    ids = [device.index] if device.type == "cuda" else None
+    model = DistributedDataParallel(net, device_ids=ids) if is_dist() else net  # default settings, as upstream
     criterion = nn.CrossEntropyLoss().to(device)
     # all parameters (q then k) in one group, as upstream: the k tensors never get a grad
     optimizer = torch.optim.SGD(net.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -222,9 +209,8 @@ def main_worker(local_index, args, plan):
                 for old in sorted(glob.glob(str(out / "checkpoint_[0-9]*.pth.tar")))[:-args.keep_last]:
                     os.remove(old)
             log(f"=> saved {path}")
-    if is_dist():
-        dist.barrier()
-        dist.destroy_process_group()
+    barrier()  # nobody leaves while the main process is still saving
+    cleanup()
 
 
 def main(argv=None):

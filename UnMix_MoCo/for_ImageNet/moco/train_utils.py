@@ -4,9 +4,33 @@ import math
 import warnings
 
 import torch.distributed as dist
+import torchvision.models as models
 
 from common.checkpoint import get_rng_state, set_rng_state
 from common.dist import is_dist
+
+
+# upstream listed every lowercase callable of torchvision.models (helpers included); builders only
+MODEL_NAMES = sorted(models.list_models(module=models))
+
+
+def add_training_args(p, data_help, epochs, lr, schedule, weight_decay):
+    """The options both scripts share with upstream (defaults differ between pretraining and lincls)."""
+    p.add_argument("data", metavar="DIR", help=data_help)
+    p.add_argument("-a", "--arch", metavar="ARCH", default="resnet50", choices=MODEL_NAMES,
+                   help="torchvision backbone: " + " | ".join(MODEL_NAMES))
+    p.add_argument("-j", "--workers", default=32, type=int, help="data loading workers per node")
+    p.add_argument("--epochs", default=epochs, type=int, help="number of epochs")
+    p.add_argument("--start-epoch", default=0, type=int, help="manual epoch number (overwritten by --resume)")
+    p.add_argument("-b", "--batch-size", default=256, type=int,
+                   help="total batch over the processes of one node (upstream's meaning)")
+    p.add_argument("--lr", "--learning-rate", default=lr, type=float, dest="lr", help="initial learning rate")
+    p.add_argument("--schedule", default=schedule, nargs="*", type=int,
+                   help="epochs at which the lr is multiplied by 0.1 (ignored with --cos)")
+    p.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
+    p.add_argument("--wd", "--weight-decay", default=weight_decay, type=float, dest="weight_decay",
+                   help="weight decay")
+    p.add_argument("-p", "--print-freq", default=10, type=int, help="print every N iterations")
 
 
 def adjust_learning_rate(optimizer, epoch, args):
