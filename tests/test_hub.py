@@ -1,6 +1,4 @@
 """hubconf.py and tools/convert_to_torchvision.py: the right torchvision models, the weights really transferred."""
-import sys
-
 import pytest
 import torch
 import torchvision
@@ -11,17 +9,9 @@ from conftest import ROOT, assert_clean_error, run_script
 from common.cli import CLIError
 from tools import convert_to_torchvision as conv
 from tools import layouts
-from test_released import fake_state_dict
+from test_released import _import_from, fake_state_dict
 
 SCRIPT = "tools/convert_to_torchvision.py"
-
-
-def _import_from(folder, module):
-    sys.path.insert(0, str(ROOT / folder))
-    try:
-        return pytest.importorskip(module)
-    finally:
-        sys.path.pop(0)
 
 
 def _randomise(model, seed=0):

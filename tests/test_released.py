@@ -47,6 +47,15 @@ LAYOUTS = [("moco_cifar", None, True), ("moco_imagenet", "v1", True), ("moco_ima
            ("swav_linear", None, True), ("simclr_byol", "byol-resnet18", True)]
 
 
+def _import_from(folder, module):
+    """Imports ``module`` with ``ROOT/folder`` on the path (skips while that method's code has not landed)."""
+    sys.path.insert(0, str(ROOT / folder))
+    try:
+        return pytest.importorskip(module)
+    finally:
+        sys.path.pop(0)
+
+
 # --- the specs against independent facts --------------------------------------------------------------------
 def test_resnet_shapes_agree_with_torchvision():
     for builder, block, layers in ((torchvision.models.resnet18, "basic", [2, 2, 2, 2]),
@@ -95,11 +104,7 @@ def test_swav_specs_match_our_swav_models():
 
 
 def test_moco_cifar_spec_matches_our_model_strictly():
-    sys.path.insert(0, str(ROOT / "UnMix_MoCo" / "for_CIFAR"))
-    try:
-        unmix_cifar = pytest.importorskip("unmix_cifar")
-    finally:
-        sys.path.pop(0)
+    unmix_cifar = _import_from("UnMix_MoCo/for_CIFAR", "unmix_cifar")
     model = unmix_cifar.ModelMoCo()
     own = model.state_dict()
     assert layouts.compare(layouts.moco_cifar_spec(128, 4096), own) == []
@@ -109,12 +114,19 @@ def test_moco_cifar_spec_matches_our_model_strictly():
     assert torch.equal(model.encoder_q.net[0].weight, torch.full((64, 3, 3, 3), 0.5))
 
 
+def test_moco_imagenet_specs_match_the_moco_builder_strictly():
+    builder = _import_from("UnMix_MoCo/for_ImageNet", "moco.builder")
+    for variant, mlp in (("v1", False), ("v2", True)):
+        model = builder.MoCo(torchvision.models.resnet50, dim=128, K=256, mlp=mlp)
+        own = {"module." + k: v for k, v in model.state_dict().items()}  # saved through DDP upstream
+        assert layouts.match("moco_imagenet", own) == (variant, [])
+        assert list(own) == list(layouts.moco_imagenet_specs()[variant])
+        spec = {k: tuple(own[k].shape) if None in s else s for k, s in layouts.moco_imagenet_specs()[variant].items()}
+        model.load_state_dict({k[len("module."):]: v for k, v in fake_state_dict(spec).items()}, strict=True)
+
+
 def test_simclr_byol_spec_matches_their_models():
-    sys.path.insert(0, str(ROOT / "UnMix_SimCLR_BYOL"))
-    try:
-        methods = pytest.importorskip("methods")
-    finally:
-        sys.path.pop(0)
+    methods = _import_from("UnMix_SimCLR_BYOL", "methods")
     assert layouts.detect(methods.build_model("simclr").state_dict()) == ("simclr_byol", "simclr-resnet18")
     assert layouts.detect(methods.build_model("byol").state_dict()) == ("simclr_byol", "byol-resnet18")
 
@@ -160,6 +172,24 @@ def test_catalogue_lists_every_link_of_the_readme_tables():
                     assert last_number in art.published, (row, art.published)
     missing = set(released.CATALOGUE) - seen
     assert not missing, f"catalogue entries absent from the README tables: {sorted(missing)}"
+
+
+def test_readme_commands_name_existing_scripts():
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("<!-- reproduce:start -->"):text.index("<!-- reproduce:end -->")]
+    cwd, checked = ROOT, 0
+    for code in re.findall(r"```bash\n(.*?)```", block, re.S):
+        for line in code.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0]
+            for part in line.split("&&"):
+                toks = part.split()
+                if toks[:1] == ["cd"]:
+                    cwd = ROOT / toks[1]
+                for t in toks:
+                    if t.endswith((".py", ".sh")):
+                        assert (ROOT / t).is_file() or (cwd / t).is_file(), f"README runs {t}, which is missing"
+                        checked += 1
+    assert checked >= 20
 
 
 def test_catalogue_has_the_published_artefacts():
@@ -223,7 +253,8 @@ def test_verify_rejects_html_page(tmp_path):
                        "HTML page")
     log = tmp_path / "log.csv"
     log.write_text(page.read_text())
-    assert_clean_error(run_script([SCRIPT, "verify", log], check=False), "HTML page")
+    with pytest.raises(CLIError, match="HTML page"):
+        released.verify_path(log)
 
 
 def test_verify_rejects_checkpoint_of_another_architecture(tmp_path):
@@ -232,8 +263,8 @@ def test_verify_rejects_checkpoint_of_another_architecture(tmp_path):
     assert_clean_error(p, "not a moco_cifar checkpoint", "missing keys", "looks like a swav_cifar")
     # same names, other shapes: a SwAV ImageNet ResNet-50 offered as SwAV CIFAR (7x7 vs 3x3 stem, more blocks)
     r50 = fake_file(tmp_path / "r50.pth.tar", "swav_imagenet", "resnet50")
-    assert_clean_error(run_script([SCRIPT, "verify", r50, "--kind", "swav_cifar"], check=False),
-                       "not a swav_cifar checkpoint")
+    with pytest.raises(CLIError, match=r"not a swav_cifar checkpoint.*shape mismatches.*looks like a swav_imagenet"):
+        released.verify_path(r50, "swav_cifar")
     # a ResNet-18 MoCo CIFAR file whose encoder is a ResNet-34 (extra blocks, same names otherwise)
     sd = fake_state_dict(layouts.moco_cifar_spec())
     sd["encoder_q.net.3.2.conv1.weight"] = torch.zeros(64, 64, 3, 3)
@@ -245,8 +276,8 @@ def test_verify_rejects_checkpoint_of_another_architecture(tmp_path):
 
 def test_verify_rejects_md5_mismatch_and_non_checkpoints(tmp_path):
     f = fake_file(tmp_path / "moco_v2_800ep_pretrain.pth.tar", "moco_imagenet", "v2")
-    assert_clean_error(run_script([SCRIPT, "verify", f, "--name", "moco_v2_800ep"], check=False),
-                       "does not match the published a04e12f8")
+    with pytest.raises(CLIError, match="does not match the published a04e12f8"):
+        released.main(["verify", str(f), "--name", "moco_v2_800ep"])
     torch.save({"epoch": 1, "optimizer": {}}, tmp_path / "nostate.pth")
     with pytest.raises(CLIError, match="holds no model state_dict"):
         released.verify_path(tmp_path / "nostate.pth")
@@ -309,16 +340,19 @@ def test_download_gdrive_folder_uses_gdown_folder(tmp_path, monkeypatch):
     assert (dest / "unmix_400ep" / "checkpoint.pth.tar").is_file()
 
 
-def test_cli_list_eval_cmd_and_errors(tmp_path):
-    p = run_script([SCRIPT, "list", "--json"])
+def test_cli_list_eval_cmd_and_errors(tmp_path, capsys):
+    p = run_script([SCRIPT, "list", "--json"])  # `list` and `eval-cmd` run without importing torch
     rows = json.loads(p.stdout)
     assert {r["name"] for r in rows} == set(released.CATALOGUE)
-    p = run_script([SCRIPT, "eval-cmd", "unmix_moco_c100_symmetric", "--path", tmp_path / "m.pth"])
-    assert p.stdout.split()[:3] == ["python", "UnMix_MoCo/for_CIFAR/eval_knn.py", str(tmp_path / "m.pth")]
-    assert "--dataset cifar100" in p.stdout
+    released.main(["eval-cmd", "unmix_moco_c100_symmetric", "--path", str(tmp_path / "m.pth")])
+    out = capsys.readouterr().out
+    assert out.split()[:3] == ["python", "UnMix_MoCo/for_CIFAR/eval_knn.py", str(tmp_path / "m.pth")]
+    assert "--dataset cifar100" in out
     assert_clean_error(run_script([SCRIPT, "eval-cmd", "no_such_model"], check=False), "no released artefact")
-    assert_clean_error(run_script([SCRIPT, "eval-cmd", "moco_c10_symmetric_args"], check=False),
-                       "no evaluation command")
-    assert_clean_error(run_script([SCRIPT, "verify", tmp_path / "absent.pth"], check=False), "does not exist")
-    h = run_script([SCRIPT, "download", "--help"])
-    assert "released_checkpoints" in h.stdout
+    with pytest.raises(CLIError, match="no evaluation command"):
+        released.main(["eval-cmd", "moco_c10_symmetric_args"])
+    with pytest.raises(CLIError, match="does not exist"):
+        released.main(["verify", str(tmp_path / "absent.pth")])
+    with pytest.raises(SystemExit):
+        released.main(["download", "--help"])
+    assert "released_checkpoints" in capsys.readouterr().out
