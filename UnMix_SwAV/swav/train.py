@@ -73,17 +73,22 @@ VARIANT = {
 }
 
 
+def add_cifar_data_args(parser, default="cifar10"):
+    """``--data_path`` / ``--dataset`` for CIFAR, resolved by :func:`cifar_source`."""
+    parser.add_argument("--data_path", default=default,
+                        help="'cifar10' / 'cifar100' (upstream: torchvision download into data/CIFAR-10 or "
+                             "data/CIFAR-100 under the working directory), or a directory holding "
+                             "cifar-10-batches-py/ or cifar-100-python/ (downloaded there when missing)")
+    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None,
+                        help="which CIFAR a --data_path directory holds (default: inferred from its content)")
+
+
 def build_parser(variant):
     d = DEFAULTS[variant]
     what = "CIFAR-10/100" if variant == "cifar" else "ImageNet (ImageFolder)"
     p = argparse.ArgumentParser(description=f"SwAV + Un-Mix pretraining on {what}", formatter_class=HelpFormatter)
     if variant == "cifar":
-        p.add_argument("--data_path", default=d["data_path"],
-                       help="'cifar10' / 'cifar100' (upstream: torchvision download into data/CIFAR-10 or "
-                            "data/CIFAR-100 under the working directory), or a directory holding "
-                            "cifar-10-batches-py/ or cifar-100-python/ (downloaded there when missing)")
-        p.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None,
-                       help="which CIFAR a --data_path directory holds (default: inferred from its content)")
+        add_cifar_data_args(p, d["data_path"])
     else:
         p.add_argument("--data_path", default=d["data_path"],
                        help="the ImageNet TRAIN folder itself (ImageFolder root: <class>/<image>)")
@@ -399,8 +404,9 @@ def main(variant, argv=None):
     ckpt_path = dump / "checkpoint.pth.tar"
     if args.resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, map_location=device)
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise CLIError(f"{ckpt_path} is not a SwAV pretraining checkpoint (no 'state_dict')")
+        if not isinstance(ckpt, dict) or not {"state_dict", "optimizer", "epoch"} <= set(ckpt):
+            raise CLIError(f"{ckpt_path} is not a SwAV pretraining checkpoint (needs 'epoch', 'state_dict' "
+                           "and 'optimizer')")
         sd = strip_prefix(ckpt["state_dict"], "module.")
         check_compatible(raw_model, sd, f"checkpoint {ckpt_path}")
         raw_model.load_state_dict(sd)
