@@ -154,6 +154,11 @@ def main(argv=None):
     head_keys = [k for k in model.state_dict() if k.startswith("projection_head.")]
     loaded = load_backbone(model, args.pretrained, allow_missing=head_keys) if args.pretrained else None
 
+    # ---- data: the labelled subset of train/, the whole of val/ (checked before anything is written)
+    train_tf, val_tf = imagenet_transforms(args.crop_size, args.val_resize)
+    train_set, val_set = imagenet_datasets(
+        args.data_path, train_tf, val_tf, train_cls=lambda root, tf: SubsetImageFolder(root, names, tf))
+
     rank, world, device = setup_distributed(args)
     prepare_output_dir(args.dump_path, args.resume, CHECKPOINT)
     barrier()
@@ -161,10 +166,6 @@ def main(argv=None):
                                    "prec5_val", rank=rank)
     logger.info(loaded or "No pretrained weights given => fine-tuning random weights")
 
-    # ---- data: the labelled subset of train/, the whole of val/
-    train_tf, val_tf = imagenet_transforms(args.crop_size, args.val_resize)
-    train_set, val_set = imagenet_datasets(
-        args.data_path, train_tf, val_tf, train_cls=lambda root, tf: SubsetImageFolder(root, names, tf))
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank)
     train_loader = loader(train_set, args.batch_size, args.workers, sampler=sampler)
     val_loader = loader(val_set, args.batch_size, args.workers)

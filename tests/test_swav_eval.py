@@ -1,0 +1,303 @@
+"""SwAV linear / semi-supervised evaluation entry points, run as a user would (subprocesses, tiny data).
+
+Independent facts: upstream's dump layout and checkpoint keys (upstream_cifar.md §2.11,
+upstream_imagenet.md §2.11/2.12), the eval normalisation constants written out here, and a plain
+re-computation of the validation loss / top-1 from the files the run wrote.
+"""
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import ROOT, assert_clean_error, run_script, script_env
+from fakedata import make_cifar
+from common.dist import free_port
+from common.cli import CLIError
+from UnMix_SwAV.swav import linear, semisup
+from UnMix_SwAV.swav.resnet import resnet18, resnet50
+
+CIFAR_EVAL = "UnMix_SwAV/for_CIFAR/eval_linear.py"
+IMAGENET_EVAL = "UnMix_SwAV/for_ImageNet/eval_linear.py"
+SEMISUP = "UnMix_SwAV/for_ImageNet/eval_semisup.py"
+FAST = ["--workers", "0", "--batch_size", "8"]
+
+
+def pretraining_checkpoint(path, cifar_stem=True, arch=resnet18, seed=123):
+    """A SwAV+Un-Mix pretraining checkpoint as upstream writes it: DDP ``module.`` keys with the
+    projection head and prototypes, plus an optimizer state; BN running statistics set from data."""
+    torch.manual_seed(seed)
+    m = arch(normalize=True, hidden_mlp=512, output_dim=128, nmb_prototypes=100, cifar_stem=cifar_stem)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.momentum = 1.0  # running stats := the statistics of one batch
+    m.train()
+    with torch.no_grad():
+        m(torch.randn(16, 3, 32, 32))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    torch.save({"epoch": 2, "state_dict": {"module." + k: t for k, t in m.state_dict().items()},
+                "optimizer": opt.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return pretraining_checkpoint(tmp_path_factory.mktemp("pre") / "checkpoint.pth.tar")
+
+
+@pytest.fixture(scope="module")
+def small_cifar(tmp_path_factory):
+    return make_cifar(tmp_path_factory.mktemp("c10small"), "cifar10", n_train=32, n_test=16)
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory):
+    """root/{train,val}/<wnid>/<wnid>_<n>.JPEG (SimCLR subset names) + root/1percent.txt."""
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.RandomState(0)
+    listed = []
+    for split in ("train", "val"):
+        for c in range(3):
+            wnid = f"n0000000{c}"
+            (root / split / wnid).mkdir(parents=True)
+            for j in range(4):
+                img = (rng.rand(36, 36, 3) * 255).astype("uint8")
+                img[..., c] = 255  # a class-dependent colour, so there is something to learn
+                Image.fromarray(img).save(root / split / wnid / f"{wnid}_{j}.JPEG", format="JPEG")
+                if split == "train" and j < 2:
+                    listed.append(f"{wnid}_{j}.JPEG")
+    (root / "1percent.txt").write_text("\n".join(listed) + "\n")
+    return root
+
+
+def final_accuracy(stdout, label="Top-1 test accuracy: "):
+    line = [ln for ln in stdout.splitlines() if label in ln]
+    assert line, stdout[-2000:]
+    return float(line[-1].split(label)[1].split(",")[0])
+
+
+def test_cifar_linear_eval_loads_pretraining_checkpoint_and_writes_upstream_layout(ckpt, small_cifar, tmp_path):
+    dump = tmp_path / "lin"
+    p = run_script([CIFAR_EVAL, "--data_path", small_cifar, "--pretrained", ckpt, "--dump_path", dump,
+                    "--epochs", "1", *FAST])
+    reported = final_accuracy(p.stdout)
+    assert "Loaded 174 backbone tensors" in p.stdout  # 184 keys minus the 10 head/prototype entries
+
+    # upstream layout
+    for f in ("checkpoint.pth.tar", "params.pkl", "stats0.pkl", "train.log"):
+        assert (dump / f).is_file(), f
+    assert (dump / "checkpoints").is_dir()
+    with open(dump / "params.pkl", "rb") as f:
+        assert pickle.load(f).pretrained == str(ckpt)
+    out = torch.load(dump / "checkpoint.pth.tar", weights_only=False)
+    assert {"epoch", "state_dict", "optimizer", "scheduler", "best_acc"} <= set(out)
+    assert out["epoch"] == 1
+    assert {k: tuple(t.shape) for k, t in out["state_dict"].items()} == {
+        "module.linear.weight": (10, 2048), "module.linear.bias": (10,)}
+    stats = pd.read_pickle(dump / "stats0.pkl")
+    assert list(stats.columns) == ["epoch", "loss", "prec1", "prec5", "loss_val", "prec1_val", "prec5_val"]
+    assert len(stats) == 1 and out["best_acc"] == pytest.approx(stats["prec1_val"].max())
+    assert f"{reported:.1f}" == f"{stats['prec1_val'].max():.1f}"
+    assert "Top-1 test accuracy" in (dump / "train.log").read_text()
+
+    # recompute the validation numbers from the files: the pretrained backbone (strict load), the
+    # saved linear layer, upstream's eval normalisation, the full 32x32 test images
+    backbone = resnet18(output_dim=0, eval_mode=True, cifar_stem=True).eval()
+    sd = torch.load(ckpt, weights_only=False)["state_dict"]
+    backbone.load_state_dict({k[7:]: t for k, t in sd.items()
+                              if not k.startswith(("module.projection_head", "module.prototypes"))})
+    with open(os.path.join(small_cifar, "cifar-10-batches-py", "test_batch"), "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    x = torch.tensor(batch["data"], dtype=torch.float32).view(-1, 3, 32, 32) / 255
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    y = torch.tensor(batch["labels"])
+    with torch.no_grad():
+        feats = backbone((x - mean) / std).mean(dim=(2, 3))
+    logits = feats @ out["state_dict"]["module.linear.weight"].t() + out["state_dict"]["module.linear.bias"]
+    top1 = (logits.argmax(1) == y).float().mean().item() * 100
+    assert stats["prec1_val"].iloc[0] == pytest.approx(top1, abs=1e-4)
+    # the per-batch average of upstream's validate equals the global mean here (equal batch weights)
+    assert stats["loss_val"].iloc[0] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
+
+
+def test_resume_continues_exactly_and_runs_are_not_overwritten(ckpt, small_cifar, tmp_path):
+    common = [CIFAR_EVAL, "--data_path", small_cifar, "--pretrained", ckpt, "--epochs", "2", *FAST]
+    run_script(common + ["--dump_path", tmp_path / "full"])
+    # the same run, killed (SIGKILL) as soon as its first checkpoint exists, then resumed
+    part = tmp_path / "part"
+    proc = subprocess.Popen([sys.executable, *map(str, common), "--dump_path", str(part)], cwd=ROOT,
+                            env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (part / "checkpoint.pth.tar").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    killed_at = torch.load(part / "checkpoint.pth.tar", weights_only=False)["epoch"]
+    assert killed_at < 2, "the run finished before it could be interrupted"
+    with pytest.raises(CLIError, match="already holds a run.*--resume"):
+        linear.main("cifar", [str(a) for a in common[1:]] + ["--dump_path", str(part)])
+    p = run_script(common + ["--dump_path", part, "--resume", "true"])
+    assert f"resuming from epoch {killed_at}" in p.stdout
+    full = pd.read_pickle(tmp_path / "full" / "stats0.pkl")
+    resumed = pd.read_pickle(part / "stats0.pkl")
+    pd.testing.assert_frame_equal(full, resumed)
+    a = torch.load(tmp_path / "full" / "checkpoint.pth.tar", weights_only=False)
+    b = torch.load(part / "checkpoint.pth.tar", weights_only=False)
+    assert torch.equal(a["state_dict"]["module.linear.weight"], b["state_dict"]["module.linear.weight"])
+    assert a["best_acc"] == b["best_acc"] and a["scheduler"] == b["scheduler"]
+
+
+def _moco_checkpoint(path):
+    m = resnet18(output_dim=0, cifar_stem=True)
+    torch.save({"state_dict": {"module.encoder_q." + k: t for k, t in m.state_dict().items()}}, path)
+
+
+def _imagenet_stem_checkpoint(path):
+    pretraining_checkpoint(path, cifar_stem=False)
+
+
+def _resnet50_checkpoint(path):
+    torch.save({"state_dict": {"module." + k: t for k, t in resnet50(output_dim=0, cifar_stem=True).state_dict().items()}},
+               path)
+
+
+def _truncated(path):
+    m = resnet18(output_dim=0, cifar_stem=True)
+    torch.save({"state_dict": m.state_dict()}, path)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 3])
+
+
+def _no_tensors(path):
+    torch.save({"state_dict": {"conv1.weight": "not a tensor"}}, path)
+
+
+@pytest.mark.parametrize("make,fragments", [
+    (_moco_checkpoint, ["does not match", "missing keys", "unexpected keys"]),
+    (_imagenet_stem_checkpoint, ["does not match", "conv1.weight"]),
+    (_resnet50_checkpoint, ["does not match", "unexpected keys"]),
+    (_truncated, ["cannot read checkpoint"]),
+    (_no_tensors, ["holds no state_dict"]),
+], ids=["moco-keys", "imagenet-stem", "resnet50-as-resnet18", "truncated", "no-tensors"])
+def test_foreign_or_broken_checkpoint_is_refused(make, fragments, small_cifar, tmp_path):
+    bad = tmp_path / "bad.pth.tar"
+    make(bad)
+    dump = tmp_path / "dump"
+    with pytest.raises(CLIError) as e:
+        linear.main("cifar", ["--data_path", str(small_cifar), "--pretrained", str(bad), "--dump_path", str(dump),
+                              "--epochs", "1", *FAST])
+    for frag in fragments:
+        assert frag in str(e.value)
+    assert not dump.exists()  # refused before anything was written
+
+
+def test_refusal_is_one_clean_line_from_the_entry_point(small_cifar, tmp_path):
+    bad = tmp_path / "moco.pth.tar"
+    _moco_checkpoint(bad)
+    p = run_script([CIFAR_EVAL, "--data_path", small_cifar, "--pretrained", bad, "--dump_path", tmp_path / "d"],
+                   check=False)
+    assert_clean_error(p, "eval_linear.py: error: pretrained weights", "encoder_q")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--pretrained", "/nonexistent/ckpt.pth"], "does not exist"),
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--global_pooling", "false"], "--global_pooling false"),
+    (["--data_path", "/nonexistent/cifar"], "neither"),
+    (["--num_labels", "5"], "smaller than the 10 classes"),
+], ids=["missing-checkpoint", "zero-epochs", "no-global-pool-on-cifar", "missing-data", "too-few-labels"])
+def test_bad_arguments_give_one_clean_error(args, fragment, small_cifar, tmp_path):
+    base = {"--data_path": str(small_cifar), "--dump_path": str(tmp_path / "d")}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    with pytest.raises(CLIError, match=re.escape(fragment)):
+        linear.main("cifar", [x for kv in base.items() for x in kv] + FAST)
+    assert not (tmp_path / "d").exists()
+
+
+def test_two_process_gloo_linear_eval(ckpt, small_cifar, tmp_path):
+    dump = tmp_path / "ddp"
+    p = run_script(["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                    "--master_port", str(free_port()), CIFAR_EVAL, "--data_path", small_cifar,
+                    "--pretrained", ckpt, "--dump_path", dump, "--epochs", "1", *FAST], timeout=300)
+    assert 0 <= final_accuracy(p.stdout) <= 100
+    assert (dump / "train.log").is_file() and (dump / "train.log-1").is_file()
+    assert (dump / "stats0.pkl").is_file() and (dump / "stats1.pkl").is_file()
+    out = torch.load(dump / "checkpoint.pth.tar", weights_only=False)
+    assert set(out["state_dict"]) == {"module.linear.weight", "module.linear.bias"}
+    # each rank trained on its half of the 32 images (DistributedSampler), validated on all 16
+    log = (dump / "train.log").read_text()
+    assert "Iter: [0/2]" in log  # 16 images per rank, batches of 8
+
+
+def test_imagenet_linear_eval_on_an_image_folder(imagenet_like, tmp_path):
+    ck = pretraining_checkpoint(tmp_path / "in.pth.tar", cifar_stem=False)
+    dump = tmp_path / "lin"
+    p = run_script([IMAGENET_EVAL, "--data_path", imagenet_like, "--arch", "resnet18", "--crop_size", "32",
+                    "--val_resize", "36", "--pretrained", ck, "--dump_path", dump, "--epochs", "1",
+                    "--workers", "0", "--batch_size", "4"])
+    assert 0 <= final_accuracy(p.stdout) <= 100
+    out = torch.load(dump / "checkpoint.pth.tar", weights_only=False)
+    assert out["state_dict"]["module.linear.weight"].shape == (3, 2048)  # classes from the folder
+    # a CIFAR-stem checkpoint does not fit the ImageNet stem
+    bad = pretraining_checkpoint(tmp_path / "cifar.pth.tar", cifar_stem=True)
+    with pytest.raises(CLIError, match="conv1.weight"):
+        linear.main("imagenet", ["--data_path", str(imagenet_like), "--arch", "resnet18", "--pretrained", str(bad),
+                                 "--dump_path", str(tmp_path / "x")])
+    with pytest.raises(CLIError, match="does not exist"):
+        linear.main("imagenet", ["--data_path", str(tmp_path / "nothing"), "--arch", "resnet18",
+                                 "--dump_path", str(tmp_path / "y")])
+    (tmp_path / "noval" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(CLIError, match="no val/ folder"):
+        linear.main("imagenet", ["--data_path", str(tmp_path / "noval"), "--arch", "resnet18",
+                                 "--dump_path", str(tmp_path / "z")])
+
+
+def test_semisup_fine_tunes_on_the_local_subset(imagenet_like, tmp_path):
+    ck = pretraining_checkpoint(tmp_path / "in.pth.tar", cifar_stem=False)
+    dump = tmp_path / "semi"
+    p = run_script([SEMISUP, "--data_path", imagenet_like, "--labels_perc", "1", "--arch", "resnet18",
+                    "--crop_size", "32", "--val_resize", "36", "--pretrained", ck, "--dump_path", dump,
+                    "--epochs", "1", "--workers", "0", "--batch_size", "3"])
+    assert "Test accuracies: top-1" in p.stdout
+    assert "with 6 labelled images (1%)" in p.stdout  # exactly the listed files
+    out = torch.load(dump / "checkpoint.pth.tar", weights_only=False)
+    assert {"epoch", "state_dict", "optimizer", "scheduler", "best_acc"} <= set(out)
+    assert out["state_dict"]["module.projection_head.weight"].shape == (3, 2048)
+    assert [g["lr"] for g in out["optimizer"]["param_groups"]] == [0.01, 0.2]  # trunk, head
+    assert len(out["best_acc"]) == 2
+
+    # no network: a missing list is a clean error pointing to where to get it
+    with pytest.raises(CLIError, match="10percent.txt.*google-research/simclr"):
+        semisup.main(["--data_path", str(imagenet_like), "--labels_perc", "10", "--dump_path", str(tmp_path / "a")])
+    lst = tmp_path / "bad.txt"
+    lst.write_text("n00000000_0.JPEG\nn00000000_99.JPEG\n")
+    with pytest.raises(CLIError, match="1 images of the subset list are missing.*n00000000_99.JPEG"):
+        semisup.main(["--data_path", str(imagenet_like), "--subset_file", str(lst), "--arch", "resnet18",
+                      "--dump_path", str(tmp_path / "b")])
+    lst.write_text("n99999999_0.JPEG\n")
+    with pytest.raises(CLIError, match="not folders"):
+        semisup.main(["--data_path", str(imagenet_like), "--subset_file", str(lst), "--arch", "resnet18",
+                      "--dump_path", str(tmp_path / "c")])
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+@pytest.mark.parametrize("script,defaults", [
+    (CIFAR_EVAL, ["(default: 0.3)", "(default: 32)", "(default: resnet18)", "(default: cifar10)"]),
+    (IMAGENET_EVAL, ["(default: 0.3)", "(default: 224)", "(default: resnet50)", "(default: 256)"]),
+    (SEMISUP, ["(default: 0.01)", "(default: 0.2)", "(default: [12, 16])", "(default: 20)"]),
+])
+def test_help_shows_defaults(script, defaults):
+    out = " ".join(run_script([script, "--help"]).stdout.split())
+    for d in defaults:
+        assert d in out, d
