@@ -38,7 +38,7 @@ from common.utils import AverageMeter, accuracy, seed_everything, worker_count
 
 from .exp import PDStats, initialize_exp
 from .resnet import ARCHS, build
-from .train import cifar_source
+from .train import add_cifar_data_args, cifar_source
 
 # Upstream eval_linear (CIFAR) normalises with the true CIFAR-10 std, which differs from the std used
 # in pretraining (0.2023, 0.1994, 0.2010): kept, it produced the published numbers.
@@ -64,13 +64,7 @@ def add_common_args(parser, v):
     parser.add_argument("--dump_path", type=str, default=".", help="experiment dump path")
     parser.add_argument("--seed", type=int, default=31, help="seed")
     if v is VARIANTS["cifar"]:
-        # same convention as main_swav_unmix.py, so the scripts pass one DATASET_PATH to both steps
-        parser.add_argument("--data_path", type=str, default=v["data_path"],
-                            help="'cifar10' / 'cifar100' (upstream: torchvision download into data/CIFAR-10 or "
-                                 "data/CIFAR-100 under the working directory), or a directory holding "
-                                 "cifar-10-batches-py/ or cifar-100-python/ (downloaded there when missing)")
-        parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None,
-                            help="which CIFAR a --data_path directory holds (default: inferred from its content)")
+        add_cifar_data_args(parser, v["data_path"])  # as main_swav_unmix.py: one DATASET_PATH for both
     else:
         parser.add_argument("--data_path", type=str, default=v["data_path"],
                             help="dataset root holding train/ and val/ ImageFolder trees")
