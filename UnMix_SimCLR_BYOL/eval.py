@@ -125,6 +125,14 @@ def encoder_from_checkpoint(ckpt, path, arch, maxpool):
     return encoder
 
 
+def add_eval_args(p):
+    """The evaluation options, shared with main_unmix.py."""
+    p.add_argument("--knn-k", default=5, type=int, help="k of the majority-vote kNN (htdt)")
+    p.add_argument("--monitor-k", default=200, type=int, help="k of the weighted kNN (the MoCo monitor)")
+    p.add_argument("--knn-t", default=0.1, type=float, help="temperature of the weighted kNN")
+    p.add_argument("--probe-epochs", default=500, type=int, help="linear-probe epochs (0 skips the probe)")
+
+
 def build_parser():
     p = argparse.ArgumentParser(description="kNN (k=5, k=200 weighted) and linear probe of a SimCLR/BYOL checkpoint",
                                 formatter_class=HelpFormatter)
@@ -134,10 +142,7 @@ def build_parser():
     p.add_argument("--data", default="data", metavar="DIR", help="dataset root (imagefolder: DIR/train, DIR/val)")
     p.add_argument("--arch", default=None, help="default: the checkpoint's, else resnet18")
     p.add_argument("--crop-size", default=None, type=int, help="default: the checkpoint's, else 32 CIFAR / 64 imagefolder")
-    p.add_argument("--knn-k", default=5, type=int, help="k of the majority-vote kNN (htdt)")
-    p.add_argument("--monitor-k", default=200, type=int, help="k of the weighted kNN (MoCo monitor)")
-    p.add_argument("--knn-t", default=0.1, type=float, help="temperature of the weighted kNN")
-    p.add_argument("--probe-epochs", default=500, type=int, help="linear-probe epochs (0 skips the probe)")
+    add_eval_args(p)
     p.add_argument("--batch-size", default=1000, type=int, help="feature-extraction batch size")
     p.add_argument("--workers", default=8, type=int, help="data loading workers (capped at the CPU count)")
     p.add_argument("--seed", default=0, type=int, help="seeds the linear probe's initialisation and batches")

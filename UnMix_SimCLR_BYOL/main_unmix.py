@@ -5,7 +5,8 @@ The Un-Mix authors never released this code. Their SimCLR/BYOL runs were built o
 with the Un-Mix recipe the maintainer gave for SimCLR (Un-Mix issue #5: β = 1, P = 0.5, two images per
 mixture). Reference: simclr_byol.md. Run layout as the MoCo CIFAR demo: ``args.json``, ``model_last.pth``
 (state + RNG + log rows, every epoch), ``log.csv`` and ``curves.png``; plus htdt's snapshot
-``{method}_{dataset}_{ep}.pt`` (a bare state_dict, htdt's key names) every ``--save-every`` epochs.
+``{contrastive|byol}_{dataset}_{ep}.pt`` (a bare state_dict, htdt's key names, 0-based ``ep``) every
+``--save-every`` epochs.
 
     python UnMix_SimCLR_BYOL/main_unmix.py --method byol --dataset cifar100            # BYOL + Un-Mix
     python UnMix_SimCLR_BYOL/main_unmix.py --method byol --dataset cifar100 --no-unmix # the baseline
@@ -30,11 +31,12 @@ from common.logs import write_csv  # noqa: E402
 from common.mix import unmix_batch  # noqa: E402
 from common.utils import get_device, seed_everything, worker_count  # noqa: E402
 from UnMix_SimCLR_BYOL import data as P  # noqa: E402
-from UnMix_SimCLR_BYOL.eval import eval_loaders, evaluate  # noqa: E402
+from UnMix_SimCLR_BYOL.eval import add_eval_args, eval_loaders, evaluate  # noqa: E402
 from UnMix_SimCLR_BYOL.methods import build_model  # noqa: E402
 from UnMix_SimCLR_BYOL.plot_figure2 import plot_runs  # noqa: E402
 
 CHECKPOINT = "model_last.pth"
+HTDT_NAME = {"simclr": "contrastive", "byol": "byol"}  # htdt's --method names, used in its snapshot file names
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -77,17 +79,14 @@ def build_parser():
     # evaluation (simclr_byol.md §1.9)
     p.add_argument("--eval-every", default=20, type=int, help="evaluate every N epochs (and after the last)")
     p.add_argument("--eval-every-drop", default=5, type=int, help="evaluation period from the first lr drop on")
-    p.add_argument("--knn-k", default=5, type=int, help="k of the majority-vote kNN (htdt)")
-    p.add_argument("--monitor-k", default=200, type=int, help="k of the weighted kNN (the MoCo monitor)")
-    p.add_argument("--knn-t", default=0.1, type=float, help="temperature of the weighted kNN")
-    p.add_argument("--probe-epochs", default=500, type=int, help="linear-probe epochs (0 skips the probe)")
+    add_eval_args(p)
     # running
     p.add_argument("--crop-size", default=None, type=int, help="training crop; default 32 CIFAR, 64 imagefolder")
     p.add_argument("--workers", default=8, type=int, help="data loading workers (capped at the CPU count)")
     p.add_argument("--seed", default=None, type=int, help="seed Python, NumPy and torch (htdt: unseeded)")
     p.add_argument("--amp", action="store_true", help="mixed precision with torch.amp (off, as htdt)")
     p.add_argument("--save-every", default=100, type=int,
-                   help="also write htdt's {method}_{dataset}_{ep}.pt state_dict every N epochs (0: never)")
+                   help="also write htdt's {contrastive|byol}_{dataset}_{ep}.pt state_dict every N epochs (0: never)")
     p.add_argument("--resume", default="", metavar="PATH", help="model_last.pth to continue from, exactly")
     p.add_argument("--stop-after", default=None, type=int, metavar="EPOCH",
                    help="end this session after epoch EPOCH (for time-limited jobs; continue with --resume)")
@@ -242,7 +241,7 @@ def main(argv=None):
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": get_rng_state(),
                      "log": log_rows, "args": vars(args)}, results_dir / CHECKPOINT)
         if args.save_every and (epoch + 1) % args.save_every == 0:  # htdt's file name and content
-            save_atomic(model.state_dict(), results_dir / f"{args.method}_{args.dataset}_{epoch}.pt")
+            save_atomic(model.state_dict(), results_dir / f"{HTDT_NAME[args.method]}_{args.dataset}_{epoch}.pt")
         df = write_csv(log_rows, results_dir / "log.csv")
         plot_runs([(results_dir.name, df.reset_index())], results_dir / "curves.png", title=str(results_dir))
     return results_dir

@@ -102,7 +102,7 @@ def test_baselines_other_datasets_and_figure2(byol_runs, cifar10_root, cifar100_
     main_unmix.main(["--method", "simclr", "--dataset", "cifar100", "--data", str(cifar100_root), "--results-dir",
                      str(tmp_path / "simclr_base"), *TINY, "--epochs", "1", "--no-unmix", "--probe-epochs", "0"])
     train("simclr", "imagefolder", imagefolder_root, tmp_path / "simclr_unmix", "--epochs", "1",
-          "--batch-size", "8", "--separate-passes")
+          "--batch-size", "8", "--separate-passes", "--amp")  # torch.amp: bfloat16 autocast on CPU
     for run, method in (("byol_base", "byol"), ("simclr_base", "simclr"), ("simclr_unmix", "simclr")):
         log = pd.read_csv(tmp_path / run / "log.csv")
         assert (tmp_path / run / "curves.png").stat().st_size > 0
@@ -112,6 +112,7 @@ def test_baselines_other_datasets_and_figure2(byol_runs, cifar10_root, cifar100_
             assert log["train_loss"].tolist() == pytest.approx(log["base_loss"].tolist())
         else:
             assert (log["train_loss"] > log["base_loss"]).all()
+    assert pd.read_csv(tmp_path / "simclr_unmix" / "log.csv")["train_loss"].notna().all()
     sd = torch.load(tmp_path / "simclr_unmix" / "model_last.pth", weights_only=False)["state_dict"]
     assert "bn_last.running_mean" in sd and not any(k.startswith("pred.") for k in sd)
     assert "linear_acc@1" not in pd.read_csv(tmp_path / "simclr_base" / "log.csv")  # --probe-epochs 0
