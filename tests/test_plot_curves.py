@@ -56,6 +56,7 @@ def test_load_run_reads_every_format(tmp_path):
     _swav_stats(tmp_path / "swav_run")
     run = pc.load_run(tmp_path / "swav_run")  # a run folder
     assert run["loss"].iloc[-1] == pytest.approx(5.0) and run["acc"].isna().all()
+    assert run["epoch"].tolist() == list(range(1, 11))  # PD_Stats' 0-based epochs -> finished epochs
     _swav_stats(tmp_path / "swav_run_linear_eval", linear=True)
     run = pc.load_run(tmp_path / "swav_run_linear_eval" / "stats0.pkl")
     assert run["acc"].iloc[-1] == pytest.approx(65.0)  # prec1_val, not the training prec1

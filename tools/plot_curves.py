@@ -9,7 +9,8 @@ accuracy below. PATH is
 * a ``log.csv`` as written by the MoCo / SimCLR / BYOL scripts (``epoch,train_loss,test_acc@1,...``; the
   first column containing "loss" and the first containing "acc" are used),
 * a SwAV ``stats*.pkl`` (pandas pickle: pretraining ``epoch,loss``; linear eval ``epoch,loss,prec1,...,
-  prec1_val``, whose ``prec1_val`` is the accuracy) — pickles run code when read: only open files you trust,
+  prec1_val``, whose ``prec1_val`` is the accuracy; its 0-based epochs are shifted to count finished epochs
+  like the CSV logs) — pickles run code when read: only open files you trust,
 * or a run folder holding one of those (``log.csv`` first, then ``stats0.pkl``).
 Accuracies stored as fractions (all values <= 1, as htdt's ``acc``) are shown in percent. Labels containing
 "mix" are drawn solid and the others dashed, so baseline vs Un-Mix reads as in the paper's Figure 2.
@@ -58,6 +59,9 @@ def load_run(path):
     try:
         if path.suffix == ".pkl":
             df = pd.read_pickle(path)
+            if isinstance(df, pd.DataFrame) and "epoch" in df.columns:
+                # SwAV's PD_Stats count epochs from 0; the CSV logs count finished epochs (from 1)
+                df = df.assign(epoch=pd.to_numeric(df["epoch"], errors="coerce") + 1)
         else:
             df = pd.read_csv(path)
     except Exception as e:  # pandas raises many types for foreign/truncated files
@@ -95,7 +99,7 @@ def figure(runs, title=None):
             style = dict(color=f"C{i}", linestyle="-" if "mix" in label.lower() else "--", label=label)
             if df["loss"].notna().any():
                 d = df.dropna(subset=["loss"])
-                ax_loss.plot(d["epoch"], d["loss"], **style)
+                ax_loss.plot(d["epoch"], d["loss"], marker="o" if len(d) < 30 else None, **style)
             if df["acc"].notna().any():
                 d = df.dropna(subset=["acc"])
                 ax_acc.plot(d["epoch"], d["acc"], marker="o" if len(d) < 30 else None, **style)
@@ -107,6 +111,8 @@ def figure(runs, title=None):
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=8)
+            else:
+                ax.text(0.5, 0.5, "not in these logs", ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
