@@ -87,7 +87,9 @@ def build_parser():
     p.add_argument("--amp", action="store_true", help="mixed precision with torch.amp (off, as htdt)")
     p.add_argument("--save-every", default=100, type=int,
                    help="also write htdt's {contrastive|byol}_{dataset}_{ep}.pt state_dict every N epochs (0: never)")
-    p.add_argument("--resume", default="", metavar="PATH", help="model_last.pth to continue from, exactly")
+    p.add_argument("--resume", default="", metavar="PATH",
+                   help="model_last.pth to continue from, exactly, with the settings it was trained with (options "
+                        "given again override them)")
     p.add_argument("--stop-after", default=None, type=int, metavar="EPOCH",
                    help="end this session after epoch EPOCH (for time-limited jobs; continue with --resume)")
     p.add_argument("--results-dir", default="", metavar="DIR",
@@ -171,14 +173,43 @@ def default_results_dir(args):
     return os.path.join("results", f"{args.method}_{args.dataset}_{'unmix' if args.unmix else 'baseline'}")
 
 
+# Per-session settings; every other argument of a resumed run comes from its checkpoint unless given again.
+SESSION_ARGS = {"resume", "results_dir", "data", "workers", "stop_after"}
+
+
+def explicit_args(argv):
+    """The ``dest`` of every option written on the command line (parsed again with all defaults unset)."""
+    parser, unset = build_parser(), object()
+    parser.set_defaults(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    return {k for k, v in vars(parser.parse_args(argv)).items() if v is not unset}
+
+
+def adopt_checkpoint_args(args, ckpt, argv):
+    """``--resume PATH`` alone continues the run with its own settings; options given again win (printed)."""
+    saved = ckpt.get("args") if isinstance(ckpt, dict) else None
+    if not isinstance(saved, dict):
+        return
+    given = explicit_args(argv)
+    for k, v in saved.items():
+        if k in SESSION_ARGS or not hasattr(args, k):
+            continue
+        if k not in given:
+            setattr(args, k, v)
+        elif getattr(args, k) != v:
+            print(f"=> --{k.replace('_', '-')} {getattr(args, k)} overrides the checkpoint's {v}")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
+    ckpt = load_checkpoint(args.resume) if args.resume else None  # fail early on a bad file
+    if ckpt is not None:
+        adopt_checkpoint_args(args, ckpt, argv)
     check_args(args)
     if args.resume and not args.results_dir:
         args.results_dir = os.path.dirname(os.path.abspath(args.resume))
     args.results_dir = args.results_dir or default_results_dir(args)
     args.crop_size = args.crop_size or P.CROP[args.dataset]
-    ckpt = load_checkpoint(args.resume) if args.resume else None  # fail early on a bad file
     if args.seed is not None:
         seed_everything(args.seed)
     device = get_device()

@@ -90,6 +90,40 @@ def test_state_dict_uses_htdt_key_names():
     assert online == target and {k for k in sd if k.startswith("head_t.")} == {"head_t." + k[5:] for k in sd if k.startswith("head.")}
 
 
+def htdt_layout(byol):
+    """htdt's module tree built from its description (simclr_byol.md §1.6-1.8), independently of our classes:
+    torchvision ResNet-18 with a 3x3 conv1, Identity max-pool and fc, wrapped in nn.DataParallel."""
+    import torchvision
+    from torch import nn
+
+    def encoder():
+        net = torchvision.models.resnet18(weights=None)
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool, net.fc = nn.Identity(), nn.Identity()
+        return nn.DataParallel(net)
+
+    def head(i, o):
+        return nn.Sequential(nn.Linear(i, 1024), nn.BatchNorm1d(1024), nn.ReLU(), nn.Linear(1024, o))
+
+    m = nn.Module()
+    m.model, m.head = encoder(), head(512, 64)
+    if byol:
+        m.pred, m.model_t, m.head_t = head(64, 64), encoder(), head(512, 64)
+    else:
+        m.bn_last = nn.BatchNorm1d(64)
+    return m
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_htdt_checkpoints_load_strictly_both_ways(method):
+    htdt = htdt_layout(method == "byol")
+    ours = SimCLR() if method == "simclr" else BYOL()
+    sd = htdt.state_dict()
+    ours.load_state_dict(sd, strict=True)  # an htdt checkpoint into our model
+    htdt.load_state_dict(ours.state_dict(), strict=True)  # ours into htdt's (its test.py)
+    assert all(torch.equal(sd[k], v) for k, v in ours.state_dict().items())
+
+
 def test_simclr_unmix_is_base_plus_weighted_mixture_terms():
     model = tiny("simclr")
     x0, x1, mixed, lam = batch()
