@@ -84,12 +84,19 @@ def final_accuracy(stdout, label="Top-1 test accuracy: "):
     return float(line[-1].split(label)[1].split(",")[0])
 
 
-def test_cifar_linear_eval_loads_pretraining_checkpoint_and_writes_upstream_layout(ckpt, small_cifar, tmp_path):
-    dump = tmp_path / "lin"
+@pytest.fixture(scope="module")
+def full_run(ckpt, small_cifar, tmp_path_factory):
+    """A 2-epoch CIFAR linear evaluation of the pretraining checkpoint: (dump folder, stdout)."""
+    dump = tmp_path_factory.mktemp("lin") / "full"
     p = run_script([CIFAR_EVAL, "--data_path", small_cifar, "--pretrained", ckpt, "--dump_path", dump,
-                    "--epochs", "1", *FAST])
-    reported = final_accuracy(p.stdout)
-    assert "Loaded 174 backbone tensors" in p.stdout  # 184 keys minus the 10 head/prototype entries
+                    "--epochs", "2", *FAST])
+    return dump, p.stdout
+
+
+def test_cifar_linear_eval_loads_pretraining_checkpoint_and_writes_upstream_layout(full_run, ckpt, small_cifar):
+    dump, stdout = full_run
+    reported = final_accuracy(stdout)
+    assert "Loaded 174 backbone tensors" in stdout  # 184 keys minus the 10 head/prototype entries
 
     # upstream layout
     for f in ("checkpoint.pth.tar", "params.pkl", "stats0.pkl", "train.log"):
@@ -99,12 +106,12 @@ def test_cifar_linear_eval_loads_pretraining_checkpoint_and_writes_upstream_layo
         assert pickle.load(f).pretrained == str(ckpt)
     out = torch.load(dump / "checkpoint.pth.tar", weights_only=False)
     assert {"epoch", "state_dict", "optimizer", "scheduler", "best_acc"} <= set(out)
-    assert out["epoch"] == 1
+    assert out["epoch"] == 2
     assert {k: tuple(t.shape) for k, t in out["state_dict"].items()} == {
         "module.linear.weight": (10, 2048), "module.linear.bias": (10,)}
     stats = pd.read_pickle(dump / "stats0.pkl")
     assert list(stats.columns) == ["epoch", "loss", "prec1", "prec5", "loss_val", "prec1_val", "prec5_val"]
-    assert len(stats) == 1 and out["best_acc"] == pytest.approx(stats["prec1_val"].max())
+    assert list(stats["epoch"]) == [0, 1] and out["best_acc"] == pytest.approx(stats["prec1_val"].max())
     assert f"{reported:.1f}" == f"{stats['prec1_val'].max():.1f}"
     assert "Top-1 test accuracy" in (dump / "train.log").read_text()
 
@@ -124,14 +131,13 @@ def test_cifar_linear_eval_loads_pretraining_checkpoint_and_writes_upstream_layo
         feats = backbone((x - mean) / std).mean(dim=(2, 3))
     logits = feats @ out["state_dict"]["module.linear.weight"].t() + out["state_dict"]["module.linear.bias"]
     top1 = (logits.argmax(1) == y).float().mean().item() * 100
-    assert stats["prec1_val"].iloc[0] == pytest.approx(top1, abs=1e-4)
+    assert stats["prec1_val"].iloc[-1] == pytest.approx(top1, abs=1e-4)
     # the per-batch average of upstream's validate equals the global mean here (equal batch weights)
-    assert stats["loss_val"].iloc[0] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
+    assert stats["loss_val"].iloc[-1] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
 
 
-def test_resume_continues_exactly_and_runs_are_not_overwritten(ckpt, small_cifar, tmp_path):
+def test_resume_continues_exactly_and_runs_are_not_overwritten(full_run, ckpt, small_cifar, tmp_path):
     common = [CIFAR_EVAL, "--data_path", small_cifar, "--pretrained", ckpt, "--epochs", "2", *FAST]
-    run_script(common + ["--dump_path", tmp_path / "full"])
     # the same run, killed (SIGKILL) as soon as its first checkpoint exists, then resumed
     part = tmp_path / "part"
     proc = subprocess.Popen([sys.executable, *map(str, common), "--dump_path", str(part)], cwd=ROOT,
@@ -147,10 +153,10 @@ def test_resume_continues_exactly_and_runs_are_not_overwritten(ckpt, small_cifar
         linear.main("cifar", [str(a) for a in common[1:]] + ["--dump_path", str(part)])
     p = run_script(common + ["--dump_path", part, "--resume", "true"])
     assert f"resuming from epoch {killed_at}" in p.stdout
-    full = pd.read_pickle(tmp_path / "full" / "stats0.pkl")
+    full = pd.read_pickle(full_run[0] / "stats0.pkl")
     resumed = pd.read_pickle(part / "stats0.pkl")
     pd.testing.assert_frame_equal(full, resumed)
-    a = torch.load(tmp_path / "full" / "checkpoint.pth.tar", weights_only=False)
+    a = torch.load(full_run[0] / "checkpoint.pth.tar", weights_only=False)
     b = torch.load(part / "checkpoint.pth.tar", weights_only=False)
     assert torch.equal(a["state_dict"]["module.linear.weight"], b["state_dict"]["module.linear.weight"])
     assert a["best_acc"] == b["best_acc"] and a["scheduler"] == b["scheduler"]
@@ -292,12 +298,14 @@ def test_semisup_fine_tunes_on_the_local_subset(imagenet_like, tmp_path):
     assert not any((tmp_path / d).exists() for d in "abc")
 
 
-@pytest.mark.parametrize("script,defaults", [
-    (CIFAR_EVAL, ["(default: 0.3)", "(default: 32)", "(default: resnet18)", "(default: cifar10)"]),
-    (IMAGENET_EVAL, ["(default: 0.3)", "(default: 224)", "(default: resnet50)", "(default: 256)"]),
-    (SEMISUP, ["(default: 0.01)", "(default: 0.2)", "(default: [12, 16])", "(default: 20)"]),
-])
-def test_help_shows_defaults(script, defaults):
-    out = " ".join(run_script([script, "--help"]).stdout.split())
+@pytest.mark.parametrize("parser,defaults", [
+    (lambda: linear.build_parser("cifar"), ["(default: 0.3)", "(default: 32)", "(default: resnet18)",
+                                            "(default: cifar10)"]),
+    (lambda: linear.build_parser("imagenet"), ["(default: 0.3)", "(default: 224)", "(default: resnet50)",
+                                               "(default: 256)"]),
+    (semisup.build_parser, ["(default: 0.01)", "(default: 0.2)", "(default: [12, 16])", "(default: 20)"]),
+], ids=["cifar-linear", "imagenet-linear", "semisup"])
+def test_help_shows_defaults(parser, defaults):
+    out = " ".join(parser().format_help().split())
     for d in defaults:
         assert d in out, d
