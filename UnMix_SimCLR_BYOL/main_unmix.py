@@ -120,14 +120,17 @@ def check_args(args):
 # ----------------------------------------------------------------------------------------------------------
 # Schedules (simclr_byol.md §1.4)
 # ----------------------------------------------------------------------------------------------------------
-def learning_rate(step, epoch, args):
-    """htdt's lr at global iteration ``step`` of 0-based ``epoch``: ``lr * (step + 1) / warmup`` for the first
-    ``warmup`` iterations (set directly on the optimizer, as htdt), else ``lr * gamma ** k`` with k the number
-    of milestones ``epochs - d`` (> 0, MultiStepLR never reaches milestones <= 0) already reached."""
+def learning_rate(step, epoch, iters, args):
+    """htdt's lr at global iteration ``step`` of 0-based ``epoch`` (``iters`` per epoch).
+
+    The first ``warmup`` iterations set ``lr * (step + 1) / warmup`` directly on the optimizer. Afterwards
+    the lr is ``lr * gamma ** k``, k counting the MultiStepLR milestones ``m = epochs - d`` already reached
+    (applied at the end of epoch m - 1; never for m <= 0) whose decay no warmup iteration overwrote
+    (epoch m starts at step m * iters >= warmup)."""
     if step < args.warmup_iters:
         return args.lr * (step + 1) / args.warmup_iters
     milestones = [args.epochs - d for d in args.drop]
-    return args.lr * args.drop_gamma ** sum(0 < m <= epoch for m in milestones)
+    return args.lr * args.drop_gamma ** sum(0 < m <= epoch and m * iters >= args.warmup_iters for m in milestones)
 
 
 def evaluate_now(epoch, args):
@@ -149,7 +152,7 @@ def train_epoch(model, loader, optimizer, scaler, epoch, step, args, device):
     losses, bases, lr, tau = [], [], args.lr, None
     bar = tqdm(loader, dynamic_ncols=True, desc=f"epoch {epoch + 1}/{args.epochs}")
     for (x0, x1), _ in bar:
-        lr = learning_rate(step, epoch, args)
+        lr = learning_rate(step, epoch, len(loader), args)
         for group in optimizer.param_groups:
             group["lr"] = lr
         x0, x1 = x0.to(device, non_blocking=True), x1.to(device, non_blocking=True)

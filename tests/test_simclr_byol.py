@@ -209,7 +209,9 @@ def ns(**kw):
     return argparse.Namespace(**base)
 
 
-@pytest.mark.parametrize("kw", [{}, {"epochs": 3, "warmup_iters": 4}, {"drop": []}, {"warmup_iters": 0}])
+@pytest.mark.parametrize("kw", [{}, {"epochs": 3, "warmup_iters": 4}, {"drop": []}, {"warmup_iters": 0},
+                                {"epochs": 6, "drop": [4, 2], "warmup_iters": 25},  # warmup outlasts a drop
+                                {"epochs": 6, "drop": [4, 2], "warmup_iters": 20}])  # ends just before it
 def test_learning_rate_matches_htdt_loop(kw):
     """htdt: lr set to lr*(w+1)/500 during warmup, MultiStepLR(epochs - d, gamma) stepped per epoch."""
     args, iters = ns(**kw), 10
@@ -224,7 +226,7 @@ def test_learning_rate_matches_htdt_loop(kw):
                 for g in opt.param_groups:
                     g["lr"] = args.lr * (warm + 1) / args.warmup_iters
                 warm += 1
-            assert learning_rate(step, ep, args) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), (ep, step)
+            assert learning_rate(step, ep, iters, args) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), (ep, step)
             opt.step()  # no gradient: a no-op, keeps the scheduler's call-order check quiet
             step += 1
         sched.step()
