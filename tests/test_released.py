@@ -353,6 +353,8 @@ def test_cli_list_eval_cmd_and_errors(tmp_path, capsys):
         released.main(["eval-cmd", "moco_c10_symmetric_args"])
     with pytest.raises(CLIError, match="does not exist"):
         released.main(["verify", str(tmp_path / "absent.pth")])
+    with pytest.raises(CLIError, match="download it first"):
+        released.main(["eval-cmd", "moco_c10_symmetric", "--path", str(tmp_path / "absent.pth"), "--run"])
     with pytest.raises(SystemExit):
         released.main(["download", "--help"])
     assert "released_checkpoints" in capsys.readouterr().out

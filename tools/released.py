@@ -418,7 +418,10 @@ def main(argv=None):
         if args.path and not Path(args.path).exists():
             raise CLIError(f"{args.path} does not exist; download it first")
         print("+ " + cmd, flush=True)
-        rc = subprocess.call(shlex.split(cmd), cwd=ROOT)
+        argv = shlex.split(cmd)
+        if argv[0] == "python":
+            argv[0] = sys.executable  # the interpreter running this tool, not whichever is first on PATH
+        rc = subprocess.call(argv, cwd=ROOT)
         if rc:
             raise CLIError(f"evaluation exited with status {rc}")
 
