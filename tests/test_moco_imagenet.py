@@ -327,6 +327,8 @@ def test_help_shows_upstream_defaults():
                  "(default: 224)", "(default: [120, 160])", "(default: resnet50)", "(default: 0.03)",
                  "(default: 256)", "(default: 200)", "(default: tcp://localhost:10002)"]:
         assert frag in out, frag
+    for flag in ("--local-rank=1", "--local_rank=1"):  # torch.distributed.launch >= 2.0 passes the first
+        assert pretrain.get_parser().parse_args(["data", flag]).local_rank == 1
     out = " ".join(lincls.get_parser().format_help().split())
     for frag in ["(default: 30.0)", "(default: [60, 80])", "(default: 100)", "(default: 0.0)",
                  "(default: tcp://localhost:10002)"]:
