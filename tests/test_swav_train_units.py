@@ -268,3 +268,80 @@ def test_lr_schedule_matches_upstream_values():
     assert s[-1] == pytest.approx(0.0006000001, abs=1e-9)
     short = lr_schedule(0.6, 0.0006, 1, 5, 0.0, 4)  # shorter than the warmup: warmup only, long enough
     assert len(short) == 20
+
+
+# ---------------------------------------------------------------- one training epoch vs a plain re-computation
+def test_train_one_epoch_equals_a_plain_upstream_order_computation():
+    """Two iterations of train.train_one_epoch (Un-Mix, CIFAR variant) against the same steps written out in
+    upstream's order: prototype normalisation, rand(1) then beta, the mixture and box drawn by hand, one
+    forward on [c0, c1, m], the formula of the loss, freezing, LARC.
+
+    (hidden_mlp=0: a Linear bias in front of a BatchNorm1d has a mathematically zero gradient, and LARC
+    rescales that float noise to a full-size step, so no two implementations agree on it.)"""
+    import copy
+
+    from common.larc import LARC
+    from UnMix_SwAV.swav.resnet import build
+    from UnMix_SwAV.swav.train import build_parser, make_sinkhorn, train_one_epoch
+
+    torch.manual_seed(0)
+    model = build("resnet18", normalize=True, hidden_mlp=0, output_dim=4, nmb_prototypes=5, cifar_stem=True)
+    plain = copy.deepcopy(model)
+    torch_state0 = copy.deepcopy(model.state_dict())
+    g = torch.Generator().manual_seed(1)
+    batches = [([torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)], torch.zeros(4))
+               for _ in range(2)]
+    args = build_parser("cifar").parse_args(["--batch_size", "4", "--freeze_prototypes_niters", "1"])
+    args.rank = 0
+    schedule = np.array([0.5, 0.25])
+    larc = lambda m: LARC(torch.optim.SGD(m.parameters(), lr=9.0, momentum=0.9, weight_decay=1e-6),  # noqa
+                          0.001, False)
+    opt = larc(model)
+    sw = SwAVLoss(4, [2], [0, 1], 0.1, make_sinkhorn(args, "cifar"), softmax_then_log=True)
+    np.random.seed(5)
+    train_one_epoch(batches, model, model, opt, torch.amp.GradScaler("cuda", enabled=False), 0, schedule,
+                    None, sw, args, torch.device("cpu"), False)
+    draws_left = np.random.rand()
+
+    np.random.seed(5)
+    opt2 = larc(plain)
+    q = lambda s: sinkhorn_cifar(s, 0.05, 3)  # noqa: E731
+    for it, ((c0, c1), _) in enumerate(batches):
+        with torch.no_grad():
+            plain.prototypes.weight.copy_(torch.nn.functional.normalize(plain.prototypes.weight, dim=1))
+        r, lam = np.random.rand(1), np.random.beta(1.0, 1.0)
+        if r < 0.5:
+            m = lam * c0 + (1 - lam) * c0.flip(0)
+        else:
+            cut = int(8 * np.sqrt(1.0 - lam))
+            cx, cy = np.random.randint(8), np.random.randint(8)
+            x1, x2 = np.clip(cx - cut // 2, 0, 8), np.clip(cx + cut // 2, 0, 8)
+            y1, y2 = np.clip(cy - cut // 2, 0, 8), np.clip(cy + cut // 2, 0, 8)
+            m = c0.clone()
+            m[:, :, x1:x2, y1:y2] = c0.flip(0)[:, :, x1:x2, y1:y2]
+            lam = 1 - (x2 - x1) * (y2 - y1) / 64
+        _, out = plain([c0, c1, m])
+        s1, s2, sm = out[:4], out[4:8], out[8:]
+        loss = 0.5 * (H(q(s1), s2) + H(q(s2), s1)) + lam * 0.5 * (H(q(sm), s2) + H(q(s2), sm)) \
+            + (1 - lam) * 0.5 * (H(q(sm.flip(0)), s2) + H(q(s2), sm))
+        opt2.zero_grad()
+        loss.backward()
+        if it < 1:
+            plain.prototypes.weight.grad = None
+        for group in opt2.param_groups:
+            group["lr"] = schedule[it]
+        opt2.step()
+    assert np.random.rand() == draws_left  # the same number of NumPy draws
+    init = build("resnet18", normalize=True, hidden_mlp=0, output_dim=4, nmb_prototypes=5, cifar_stem=True)
+    init.load_state_dict(copy.deepcopy(torch_state0))
+    worst = 0.0
+    for name, a in model.state_dict().items():
+        if not a.is_floating_point():
+            assert torch.equal(a, plain.state_dict()[name]), name
+            continue
+        step = plain.state_dict()[name] - init.state_dict()[name]  # what the two steps changed
+        diff = (a - plain.state_dict()[name]).norm() / step.norm().clamp_min(1e-12)
+        worst = max(worst, float(diff))
+        assert diff < 1e-3, (name, float(diff))  # float32 noise only, far below any logic difference
+    print("worst relative difference of the updates", worst)
+    assert not torch.equal(model.prototypes.weight, torch.nn.functional.normalize(model.prototypes.weight, dim=1))
