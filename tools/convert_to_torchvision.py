@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.checkpoint import load_checkpoint, save_atomic, strip_prefix  # noqa: E402
 from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
-from tools import layouts  # noqa: E402
+from tools import check_output, layouts  # noqa: E402
 
 # kind -> (torchvision architecture, stem) of the converted backbone
 TARGETS = {
@@ -110,10 +110,7 @@ def main(argv=None):
                    help="keep the last projection layer as fc (MoCo only; SwAV heads are always dropped)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     args = p.parse_args(argv)
-    if Path(args.output).exists() and not args.force:
-        raise CLIError(f"{args.output} exists; pass --force to overwrite it")
-    if not Path(args.output).resolve().parent.is_dir():
-        raise CLIError(f"the folder of {args.output} does not exist")
+    check_output(args.output, args.force)
     obj = load_checkpoint(args.input)
     sd = layouts.state_dict_of(obj)
     if sd is None:

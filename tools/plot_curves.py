@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from tools import check_output  # noqa: E402
 
 ACC_PREFERENCE = ("test_acc@1", "linear_acc@1", "prec1_val", "knn_acc", "linear_acc", "test_acc", "acc")
 
@@ -128,10 +129,7 @@ def main(argv=None):
     p.add_argument("--title", default=None)
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
-    if Path(args.out).exists() and not args.force:
-        raise CLIError(f"{args.out} exists; pass --force to overwrite it")
-    if not Path(args.out).resolve().parent.is_dir():
-        raise CLIError(f"the folder of {args.out} does not exist")
+    check_output(args.out, args.force)
     runs = []
     for spec in args.run:
         panel, label, path = parse_run(spec)
