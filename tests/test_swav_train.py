@@ -2,7 +2,6 @@
 and checkpoint format (upstream_cifar.md §2.6/§2.10), 1- and 2-process (gloo) runs under
 torch.distributed.launch and a simulated srun, an exact --resume, frozen + normalised prototypes, and
 one clear error line for bad input."""
-import os
 import pickle
 import shutil
 import subprocess
