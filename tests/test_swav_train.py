@@ -194,3 +194,5 @@ def test_help_shows_the_published_defaults():
                  "default: [2, 6]", "default: resnet50", "(default: 0.0)", "default: apex"):
         assert frag in i, frag
     assert "--local-rank" in c  # torch.distributed.launch's spelling on PyTorch >= 2
+    for spelling in (["--local_rank", "3"], ["--local-rank=3"]):
+        assert build_parser("cifar").parse_args(spelling).local_rank == 3
