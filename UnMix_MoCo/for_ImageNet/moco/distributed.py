@@ -18,6 +18,7 @@ same command line gives the same per-process batch whatever the launcher.
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +63,7 @@ def plan_launch(args):
     if args.dist_backend == "nccl" and ngpus == 0:
         raise CLIError("--dist-backend nccl needs CUDA GPUs; use gloo (or auto) on this machine")
     if args.multiprocessing_distributed:
-        nproc = args.nproc or max(ngpus, 1)
+        nproc = args.nproc if args.nproc is not None else max(ngpus, 1)
         if nproc < 1 or (ngpus and nproc > ngpus):
             raise CLIError(f"--nproc {nproc}: must be between 1 and the {ngpus} visible GPUs" if ngpus
                            else f"--nproc must be >= 1, got {nproc}")
@@ -126,9 +127,11 @@ def _spawned(local_index, worker, args, plan):
     try:
         worker(local_index, args, plan)
     except CLIError as e:
+        if local_index != 0:  # the same error usually hits every process: let process 0 say it once
+            time.sleep(2.0)  # (mp.spawn terminates the others as soon as one exits)
         sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {e}\n")
         sys.stderr.flush()
-        sys.exit(2)
+        os._exit(2)  # at once: tearing down a half-used process group can block on the peers
 
 
 def launch(worker, args, plan):
