@@ -123,7 +123,7 @@ def _build_catalogue():
                             "no number published for this folder (paper figure: ImageNet mean/std, bs 256)",
                             "gdrive-folder", fid, "folder", name, EVAL_SWAV_CIFAR,
                             note="Drive folder: the bs=256 results linked under the for_CIFAR tables"))
-    cat.append(Artefact("unmix_mocov2_in1k_r50", "MoCo v2 + Un-Mix", "imagenet", "200 or 800 (not stated)",
+    cat.append(Artefact("unmix_mocov2_in1k_r50", "MoCo v2 + Un-Mix", "imagenet", "200/800?",
                         "linear top-1 68.6 (200 ep) / 71.8 (800 ep); VOC AP50 83.0 / 83.2; COCO AP 41.2 (200 ep)",
                         "gdrive-file", "1-t1lgVk6qPBaPRqePPHsEtyf530DfEbt", "moco_imagenet",
                         "unmix_mocov2_r50.pth.tar", EVAL_MOCO_IN,
