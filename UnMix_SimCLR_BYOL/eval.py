@@ -139,7 +139,8 @@ def build_parser():
     p.add_argument("checkpoint", help="model_last.pth of main_unmix.py, or htdt's {method}_{dataset}_{ep}.pt")
     p.add_argument("--dataset", default=None, choices=["cifar10", "cifar100", "imagefolder"],
                    help="default: the dataset recorded in the checkpoint (required for htdt files)")
-    p.add_argument("--data", default="data", metavar="DIR", help="dataset root (imagefolder: DIR/train, DIR/val)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset root (imagefolder: DIR/train, DIR/val); default: the checkpoint's, else ./data")
     p.add_argument("--arch", default=None, help="default: the checkpoint's, else resnet18")
     p.add_argument("--crop-size", default=None, type=int, help="default: the checkpoint's, else 32 CIFAR / 64 imagefolder")
     add_eval_args(p)
@@ -159,13 +160,14 @@ def main(argv=None):
     dataset = args.dataset or saved.get("dataset")
     if dataset is None:
         raise CLIError(f"{args.checkpoint} does not record its dataset; pass --dataset")
+    data = args.data or saved.get("data") or "data"
     arch = args.arch or saved.get("arch", "resnet18")
     size = args.crop_size or saved.get("crop_size") or P.CROP[dataset]
     encoder = encoder_from_checkpoint(ckpt, args.checkpoint, arch, maxpool=dataset == "imagefolder")
     seed_everything(args.seed)
     device = get_device()
     encoder.to(device)
-    clf_loader, test_loader = eval_loaders(dataset, args.data, size, args.batch_size, args.workers, device)
+    clf_loader, test_loader = eval_loaders(dataset, data, size, args.batch_size, args.workers, device)
     res = evaluate(encoder, clf_loader, test_loader, device, args.knn_k, args.monitor_k, args.knn_t,
                    args.probe_epochs)
     res = {"checkpoint": str(args.checkpoint), "dataset": dataset, **res}
