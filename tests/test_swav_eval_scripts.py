@@ -163,7 +163,7 @@ def test_under_sbatch_the_spooled_script_finds_the_code_and_uses_srun(tmp_path):
         assert words[4:6] == ["--dist_url", "tcp://node017:10001"]  # upstream's port, the first node
     # outside Slurm and away from the code, a clear error
     p = bash(spool / "slurm_script", env={"SLURM_SUBMIT_DIR": str(tmp_path)}, cwd=tmp_path, check=False)
-    assert p.returncode == 2 and "cannot find main_swav_unmix.py" in p.stderr
+    assert p.returncode != 0 and "cannot find main_swav_unmix.py" in p.stderr
 
 
 def test_script_unmix_c10_runs_end_to_end_on_tiny_data(tmp_path):

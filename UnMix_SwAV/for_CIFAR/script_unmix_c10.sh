@@ -20,42 +20,20 @@
 # PRETRAIN_ARGS / EVAL_ARGS append extra arguments to the two steps.
 set -euo pipefail
 
-# the code folder: next to this file under bash; the submission folder under sbatch (spooled copy)
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-for d in "${CODE_DIR:-}" "$HERE" "${SLURM_SUBMIT_DIR:-$PWD}" "${SLURM_SUBMIT_DIR:-$PWD}/UnMix_SwAV/for_CIFAR"; do
-    if [ -n "$d" ] && [ -f "$d/main_swav_unmix.py" ]; then CODE_DIR=$(cd "$d" && pwd); break; fi
-done
-if [ ! -f "${CODE_DIR:-}/main_swav_unmix.py" ]; then
-    echo "script_unmix_c10.sh: error: cannot find main_swav_unmix.py; set CODE_DIR=/path/to/UnMix_SwAV/for_CIFAR" >&2
-    exit 2
-fi
-source "$CODE_DIR/../launch.sh"
+# the code folder: next to this file under bash; the submission folder under sbatch (a spooled copy)
+for d in "${CODE_DIR:-}" "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-$PWD}" "${SLURM_SUBMIT_DIR:-$PWD}/UnMix_SwAV/for_CIFAR"; do
+    if [ -f "$d/main_swav_unmix.py" ]; then CODE_DIR=$(cd "$d" && pwd); break; fi; done
+source "${CODE_DIR:?cannot find main_swav_unmix.py, set CODE_DIR=/path/to/UnMix_SwAV/for_CIFAR}/../launch.sh"
 export MASTER_PORT=${MASTER_PORT:-10001}  # upstream: --dist_url tcp://localhost:10001
 
-ARCH=${ARCH:-resnet18}
-HIDDEN_MLP=${HIDDEN_MLP:-512}
-DATASET_PATH=${DATASET_PATH:-cifar10}   # cifar10/cifar100 (download into ./data) or a folder
-MIN_SCALE_CROPS=${MIN_SCALE_CROPS:-0.14}
-MAX_SCALE_CROPS=${MAX_SCALE_CROPS:-1.0}
-EPOCHS=${EPOCHS:-400}
-BS=${BS:-128}
-LR_START=${LR_START:-0.6}
-LR_END=${LR_END:-0.0006}
-WARMUP_EPOCHS=${WARMUP_EPOCHS:-5}
-SIZE_CROPS=${SIZE_CROPS:-32}
-NMB_CROPS=${NMB_CROPS:-2}
-NMB_PROTOTYPES=${NMB_PROTOTYPES:-100}
-QUEUE_LENGTH=${QUEUE_LENGTH:-120}         # rounds down to 0 with batch 128: no queue (upstream quirk)
-EPOCH_QUEUE_STARTS=${EPOCH_QUEUE_STARTS:-15}
-USE_FP16=${USE_FP16:-true}
-FREEZE_PROTOTYPES_NITERS=${FREEZE_PROTOTYPES_NITERS:-5005}
-RUN_SWAV=${RUN_SWAV:-false}               # true: vanilla SwAV
-WORKERS=${WORKERS:-2}
-NUM_LABELS=${NUM_LABELS:-10}
-EVAL_EPOCHS=${EVAL_EPOCHS:-100}           # linear evaluation: upstream defaults (lr 0.3, cosine, bs 32)
-EVAL_BS=${EVAL_BS:-32}
-RESUME=${RESUME:-false}
-EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/unmix_swav_cifar_${BS}_${ARCH}_${EPOCHS}ep_${NMB_PROTOTYPES}prot_$(basename "$DATASET_PATH")}
+# the published values (upstream script_unmix_c10.sh); each can be overridden from the environment
+: "${ARCH:=resnet18}" "${HIDDEN_MLP:=512}" "${DATASET_PATH:=cifar10}" "${NUM_LABELS:=10}" "${WORKERS:=2}"
+: "${EPOCHS:=400}" "${BS:=128}" "${LR_START:=0.6}" "${LR_END:=0.0006}" "${WARMUP_EPOCHS:=5}"
+: "${NMB_CROPS:=2}" "${SIZE_CROPS:=32}" "${MIN_SCALE_CROPS:=0.14}" "${MAX_SCALE_CROPS:=1.0}"
+: "${NMB_PROTOTYPES:=100}" "${FREEZE_PROTOTYPES_NITERS:=5005}" "${USE_FP16:=true}" "${RUN_SWAV:=false}"
+: "${QUEUE_LENGTH:=120}" "${EPOCH_QUEUE_STARTS:=15}"  # 120 rounds down to 0 with batch 128: no queue (upstream)
+: "${EVAL_EPOCHS:=100}" "${EVAL_BS:=32}" "${RESUME:=false}"  # linear evaluation: upstream defaults otherwise
+: "${EXPERIMENT_PATH:=./experiments/unmix_swav_cifar_${BS}_${ARCH}_${EPOCHS}ep_${NMB_PROTOTYPES}prot_$(basename "$DATASET_PATH")}"
 
 make_dir "$EXPERIMENT_PATH"
 launch "$CODE_DIR/main_swav_unmix.py" \

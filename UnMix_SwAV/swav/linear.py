@@ -19,7 +19,6 @@ on random weights), a missing ``--pretrained`` file is an error, ``accuracy`` us
 """
 import argparse
 import os
-import sys
 import time
 
 import torch
@@ -249,18 +248,30 @@ def build_data(args, variant):
     return train, val, len(train.classes)
 
 
-def train_one_epoch(model, reglog, optimizer, loader_, epoch, device, logger, rank):
+def train_one_epoch(model, head, optimizer, loader_, epoch, device, logger, rank):
+    """One epoch of cross-entropy training; returns ``(epoch, loss, top1, top5)``.
+
+    With a ``head`` (linear evaluation) the backbone is frozen: ``eval()`` mode (BN uses the pretrained
+    running statistics) under ``no_grad``, only the head trains. Without one (semi-supervised) the
+    whole ``model`` trains in ``train()`` mode.
+    """
     batch_time, data_time, losses, top1, top5 = (AverageMeter() for _ in range(5))
-    model.eval()  # frozen backbone: running BN statistics of the pretrained model
-    reglog.train()
+    if head is None:
+        model.train()
+    else:
+        model.eval()
+        head.train()
     criterion = nn.CrossEntropyLoss()
     end = time.perf_counter()
     for it, (inp, target) in enumerate(loader_):
         data_time.update(time.perf_counter() - end)
         inp, target = inp.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        with torch.no_grad():
-            feats = model(inp)
-        output = reglog(feats)
+        if head is None:
+            output = model(inp)
+        else:
+            with torch.no_grad():
+                feats = model(inp)
+            output = head(feats)
         loss = criterion(output, target)
         optimizer.zero_grad()
         loss.backward()
@@ -272,12 +283,13 @@ def train_one_epoch(model, reglog, optimizer, loader_, epoch, device, logger, ra
         batch_time.update(time.perf_counter() - end)
         end = time.perf_counter()
         if rank == 0 and it % 50 == 0:
+            lrs = " / ".join(str(g["lr"]) for g in optimizer.param_groups)  # semisup: trunk / head
             logger.info(f"Epoch[{epoch}] - Iter: [{it}/{len(loader_)}]\t"
                         f"Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
                         f"Data {data_time.val:.3f} ({data_time.avg:.3f})\t"
                         f"Loss {losses.val:.4f} ({losses.avg:.4f})\t"
                         f"Prec {top1.val:.3f} ({top1.avg:.3f})\t"
-                        f"LR {optimizer.param_groups[0]['lr']}")
+                        f"LR {lrs}")
     return epoch, losses.avg, top1.avg, top5.avg
 
 
@@ -297,6 +309,57 @@ def validate(model, head, loader_, device):
         top1.update(acc1.item(), inp.size(0))
         top5.update(acc5.item(), inp.size(0))
     return losses.avg, top1.avg, top5.avg
+
+
+def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, args, stats, device, logger, rank):
+    """Resume (with ``--resume``) and run the epochs: train, validate, keep the best validation top-1 (and
+    its top-5), write ``checkpoint.pth.tar`` after every epoch. Returns ``(best top-1, its top-5)``.
+
+    ``head`` given (linear evaluation): only the head trains, ``best_acc`` is saved as upstream's top-1.
+    ``head`` None (semi-supervised): the whole ``model`` trains, ``best_acc`` is upstream's (top-1, top-5).
+    """
+    trained = unwrap(model if head is None else head)
+    start_epoch, best = 0, (0.0, 0.0)
+    ckpt = resume_state(args.dump_path, args.resume, logger)
+    if ckpt is not None:
+        try:
+            sd = strip_module(ckpt["state_dict"])
+            check_compatible(trained, sd, what=f"{os.path.join(args.dump_path, CHECKPOINT)}")
+            trained.load_state_dict(sd)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            start_epoch, b = int(ckpt["epoch"]), ckpt["best_acc"]
+        except (KeyError, ValueError, TypeError) as e:
+            raise CLIError(f"{os.path.join(args.dump_path, CHECKPOINT)} is not a checkpoint of this evaluation: "
+                           f"{e}") from None
+        best = tuple(b) if isinstance(b, (tuple, list)) else (b, 0.0)
+        stats = PDStats(stats.path, stats.columns, ckpt.get("stats", []))
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+
+    for epoch in range(start_epoch, args.epochs):
+        logger.info(f"============ Starting epoch {epoch} ... ============")
+        sampler.set_epoch(epoch)
+        scores = train_one_epoch(model, head, optimizer, train_loader, epoch, device, logger, rank)
+        scores_val = validate(model, head, val_loader, device)
+        if scores_val[1] > best[0]:
+            best = (scores_val[1], scores_val[2])
+        if rank == 0:
+            logger.info(f"Test:\tLoss {scores_val[0]:.4f}\tAcc@1 {scores_val[1]:.3f}\tAcc@5 {scores_val[2]:.3f}\t"
+                        f"Best Acc@1 so far {best[0]:.1f}")
+        stats.update(scores + scores_val)
+        scheduler.step()
+        if rank == 0:
+            save_atomic({"epoch": epoch + 1,
+                         "state_dict": with_module_prefix(trained.state_dict()),
+                         "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(),
+                         "best_acc": best[0] if head is not None else best,
+                         # extras (not upstream): exact resume and history
+                         "stats": stats.rows, "rng": get_rng_state()},
+                        os.path.join(args.dump_path, CHECKPOINT))
+            write_csv([dict(zip(stats.columns, r)) for r in stats.rows], os.path.join(args.dump_path, "stats.csv"))
+    return best
 
 
 def main(variant, argv=None):
@@ -356,47 +419,8 @@ def main(variant, argv=None):
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.final_lr)
 
-    # ---- resume
-    start_epoch, best_acc = 0, 0.0
-    ckpt = resume_state(args.dump_path, args.resume, logger)
-    if ckpt is not None:
-        try:
-            check_compatible(unwrap(reglog), strip_module(ckpt["state_dict"]), what="linear classifier checkpoint")
-            unwrap(reglog).load_state_dict(strip_module(ckpt["state_dict"]))
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-        except (KeyError, ValueError) as e:
-            raise CLIError(f"{os.path.join(args.dump_path, CHECKPOINT)} is not a linear-eval checkpoint "
-                           f"of this configuration: {e}") from None
-        start_epoch, best_acc = ckpt["epoch"], ckpt["best_acc"]
-        stats = PDStats(stats.path, stats.columns, ckpt.get("stats", []))
-        if "rng" in ckpt:
-            set_rng_state(ckpt["rng"])
-
-    # ---- loop
-    for epoch in range(start_epoch, args.epochs):
-        logger.info(f"============ Starting epoch {epoch} ... ============")
-        sampler.set_epoch(epoch)
-        scores = train_one_epoch(model, reglog, optimizer, train_loader, epoch, device, logger, rank)
-        scores_val = validate(model, reglog, val_loader, device)
-        if scores_val[1] > best_acc:
-            best_acc = scores_val[1]
-        if rank == 0:
-            logger.info(f"Test:\tLoss {scores_val[0]:.4f}\tAcc@1 {scores_val[1]:.3f}\t"
-                        f"Best Acc@1 so far {best_acc:.1f}")
-        stats.update(scores + scores_val)
-        scheduler.step()
-        if rank == 0:
-            save_atomic({"epoch": epoch + 1,
-                         "state_dict": with_module_prefix(unwrap(reglog).state_dict()),
-                         "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(),
-                         "best_acc": best_acc,
-                         # extras (not upstream): exact resume and history
-                         "stats": stats.rows, "rng": get_rng_state()},
-                        os.path.join(args.dump_path, CHECKPOINT))
-            write_csv([dict(zip(stats.columns, r)) for r in stats.rows],
-                      os.path.join(args.dump_path, "stats.csv"))
+    best_acc = fit(model, reglog, optimizer, scheduler, sampler, train_loader, val_loader, args, stats, device,
+                   logger, rank)[0]
     logger.info("Training of the supervised linear classifier on frozen features completed.\n"
                 f"Top-1 test accuracy: {best_acc:.1f}")
     cleanup()

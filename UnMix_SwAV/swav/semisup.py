@@ -16,7 +16,6 @@ Pretrained weights are checked key by key like eval_linear.
 """
 import argparse
 import os
-import time
 
 import torch
 import torch.nn as nn
@@ -24,15 +23,13 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.datasets.folder import default_loader, find_classes
 
-from common.checkpoint import check_compatible, get_rng_state, save_atomic, set_rng_state
 from common.cli import CLIError, HelpFormatter, prepare_output_dir
 from common.dist import barrier, cleanup
-from common.utils import AverageMeter, accuracy, seed_everything
+from common.utils import seed_everything
 
-from .exp import PDStats, initialize_exp
-from .linear import (CHECKPOINT, VARIANTS, add_common_args, check_positive, imagenet_datasets,
-                     imagenet_transforms, load_backbone, loader, resume_state, setup_distributed,
-                     strip_module, unwrap, validate, with_module_prefix)
+from .exp import initialize_exp
+from .linear import (CHECKPOINT, VARIANTS, add_common_args, check_positive, fit, imagenet_datasets,
+                     imagenet_transforms, load_backbone, loader, setup_distributed)
 from .resnet import build
 
 SUBSET_URL = "https://github.com/google-research/simclr/tree/master/imagenet_subsets"
@@ -106,36 +103,6 @@ def read_subset(path):
     return names
 
 
-def train_one_epoch(model, optimizer, loader_, epoch, device, logger, rank):
-    batch_time, data_time, losses, top1, top5 = (AverageMeter() for _ in range(5))
-    model.train()
-    criterion = nn.CrossEntropyLoss()
-    end = time.perf_counter()
-    for it, (inp, target) in enumerate(loader_):
-        data_time.update(time.perf_counter() - end)
-        inp, target = inp.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        output = model(inp)
-        loss = criterion(output, target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        acc1, acc5 = accuracy(output, target, topk=(1, 5))
-        losses.update(loss.item(), inp.size(0))
-        top1.update(acc1.item(), inp.size(0))
-        top5.update(acc5.item(), inp.size(0))
-        batch_time.update(time.perf_counter() - end)
-        end = time.perf_counter()
-        if rank == 0 and it % 50 == 0:
-            logger.info(f"Epoch[{epoch}] - Iter: [{it}/{len(loader_)}]\t"
-                        f"Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
-                        f"Data {data_time.val:.3f} ({data_time.avg:.3f})\t"
-                        f"Loss {losses.val:.4f} ({losses.avg:.4f})\t"
-                        f"Prec {top1.val:.3f} ({top1.avg:.3f})\t"
-                        f"LR trunk {optimizer.param_groups[0]['lr']}\t"
-                        f"LR head {optimizer.param_groups[1]['lr']}")
-    return epoch, losses.avg, top1.avg, top5.avg
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_positive(args, "epochs", "batch_size", "crop_size", "val_resize", "lr", "lr_last_layer")
@@ -187,43 +154,8 @@ def main(argv=None):
                                 lr=args.lr, momentum=0.9, weight_decay=0)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
 
-    start_epoch, best_acc = 0, (0.0, 0.0)
-    ckpt = resume_state(args.dump_path, args.resume, logger)
-    if ckpt is not None:
-        try:
-            sd = strip_module(ckpt["state_dict"])
-            check_compatible(unwrap(model), sd, what="fine-tuning checkpoint")
-            unwrap(model).load_state_dict(sd)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-        except (KeyError, ValueError) as e:
-            raise CLIError(f"{os.path.join(args.dump_path, CHECKPOINT)} is not a fine-tuning checkpoint "
-                           f"of this configuration: {e}") from None
-        start_epoch, best_acc = ckpt["epoch"], tuple(ckpt["best_acc"])
-        stats = PDStats(stats.path, stats.columns, ckpt.get("stats", []))
-        if "rng" in ckpt:
-            set_rng_state(ckpt["rng"])
-
-    for epoch in range(start_epoch, args.epochs):
-        logger.info(f"============ Starting epoch {epoch} ... ============")
-        sampler.set_epoch(epoch)
-        scores = train_one_epoch(model, optimizer, train_loader, epoch, device, logger, rank)
-        scores_val = validate(model, None, val_loader, device)
-        if scores_val[1] > best_acc[0]:
-            best_acc = (scores_val[1], scores_val[2])
-        if rank == 0:
-            logger.info(f"Test:\tLoss {scores_val[0]:.4f}\tAcc@1 {scores_val[1]:.3f}\t"
-                        f"Acc@5 {scores_val[2]:.3f}\tBest Acc@1 so far {best_acc[0]:.1f}")
-        stats.update(scores + scores_val)
-        scheduler.step()
-        if rank == 0:
-            save_atomic({"epoch": epoch + 1,
-                         "state_dict": with_module_prefix(unwrap(model).state_dict()),
-                         "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(),
-                         "best_acc": best_acc,
-                         "stats": stats.rows, "rng": get_rng_state()},
-                        os.path.join(args.dump_path, CHECKPOINT))
+    best_acc = fit(model, None, optimizer, scheduler, sampler, train_loader, val_loader, args, stats, device,
+                   logger, rank)
     logger.info(f"Fine-tuning with {args.labels_perc}% of labels completed.\n"
                 f"Test accuracies: top-1 {best_acc[0]:.1f}, top-5 {best_acc[1]:.1f}")
     cleanup()
