@@ -127,6 +127,18 @@ def setup_distributed(args):
     return rank, world, device
 
 
+def start_run(args, first_message):
+    """Distributed setup, the output folder (never overwriting a run without ``--resume``) and upstream's
+    experiment files; returns ``(rank, world, device, logger, stats)``."""
+    rank, world, device = setup_distributed(args)
+    prepare_output_dir(args.dump_path, args.resume, CHECKPOINT)
+    barrier()
+    logger, stats = initialize_exp(args, "epoch", "loss", "prec1", "prec5", "loss_val", "prec1_val",
+                                   "prec5_val", rank=rank)
+    logger.info(first_message)
+    return rank, world, device, logger, stats
+
+
 def check_positive(args, *names):
     for n in names:
         if getattr(args, n) <= 0:
@@ -388,12 +400,8 @@ def main(variant, argv=None):
     if num_labels < n_classes:
         raise CLIError(f"--num_labels {num_labels} is smaller than the {n_classes} classes of the dataset")
 
-    rank, world, device = setup_distributed(args)
-    prepare_output_dir(args.dump_path, args.resume, CHECKPOINT)
-    barrier()
-    logger, stats = initialize_exp(args, "epoch", "loss", "prec1", "prec5", "loss_val", "prec1_val",
-                                   "prec5_val", rank=rank)
-    logger.info(loaded or "No pretrained weights given => training with random weights")
+    rank, world, device, logger, stats = start_run(
+        args, loaded or "No pretrained weights given => training with random weights")
 
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank)  # shuffle, seed 0 (upstream)
     train_loader = loader(train_set, args.batch_size, args.workers, sampler=sampler)

@@ -23,13 +23,12 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.datasets.folder import default_loader, find_classes
 
-from common.cli import CLIError, HelpFormatter, prepare_output_dir
-from common.dist import barrier, cleanup
+from common.cli import CLIError, HelpFormatter
+from common.dist import cleanup
 from common.utils import seed_everything
 
-from .exp import initialize_exp
-from .linear import (CHECKPOINT, VARIANTS, add_common_args, check_positive, fit, imagenet_datasets,
-                     imagenet_transforms, load_backbone, loader, setup_distributed)
+from .linear import (VARIANTS, add_common_args, check_positive, fit, imagenet_datasets, imagenet_transforms,
+                     load_backbone, loader, start_run)
 from .resnet import build
 
 SUBSET_URL = "https://github.com/google-research/simclr/tree/master/imagenet_subsets"
@@ -126,12 +125,8 @@ def main(argv=None):
     train_set, val_set = imagenet_datasets(
         args.data_path, train_tf, val_tf, train_cls=lambda root, tf: SubsetImageFolder(root, names, tf))
 
-    rank, world, device = setup_distributed(args)
-    prepare_output_dir(args.dump_path, args.resume, CHECKPOINT)
-    barrier()
-    logger, stats = initialize_exp(args, "epoch", "loss", "prec1", "prec5", "loss_val", "prec1_val",
-                                   "prec5_val", rank=rank)
-    logger.info(loaded or "No pretrained weights given => fine-tuning random weights")
+    rank, world, device, logger, stats = start_run(
+        args, loaded or "No pretrained weights given => fine-tuning random weights")
 
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank)
     train_loader = loader(train_set, args.batch_size, args.workers, sampler=sampler)
