@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, script_env
-from fakedata import make_cifar
+from fakedata import make_cifar, make_image_folder
 from UnMix_SwAV.swav import linear, train
 
 CIFAR_DIR = ROOT / "UnMix_SwAV" / "for_CIFAR"
@@ -184,3 +184,16 @@ def test_script_unmix_c10_runs_end_to_end_on_tiny_data(tmp_path):
     assert len(stats) == 1 and 0 <= stats["prec1_val"].iloc[0] <= 100
     out = torch.load(ev / "checkpoint.pth.tar", weights_only=False)
     assert out["state_dict"]["module.linear.weight"].shape == (10, 2048)
+
+
+def test_imagenet_script_with_linear_eval_runs_end_to_end_on_tiny_data(tmp_path):
+    root = make_image_folder(tmp_path / "imagenet", classes=2, per_class=4)
+    exp = tmp_path / "exp" / "in"
+    p = bash(IMAGENET_SCRIPTS / "unmix_swav_200ep_bs256_pretrain.sh", cwd=tmp_path, env=dict(
+        DATASET_PATH=root / "train", EXPERIMENT_PATH=exp, EPOCHS=1, BS=4, WORKERS=0, ARCH="resnet18",
+        HIDDEN_MLP=16, NMB_PROTOTYPES=10, NMB_CROPS="2 2", SIZE_CROPS="32 16", QUEUE_LENGTH=0, LINEAR_EVAL="true",
+        EVAL_EPOCHS=1, EVAL_BS=4, EVAL_ARGS="--crop_size 32 --val_resize 32"))
+    pre = torch.load(exp / "checkpoint.pth.tar", weights_only=False)
+    assert pre["state_dict"]["module.conv1.weight"].shape == (64, 3, 7, 7)  # the ImageNet stem
+    assert "Loaded 174 backbone tensors" in (exp.parent / "in_linear_eval" / "train.log").read_text()
+    assert "Top-1 test accuracy:" in p.stdout
