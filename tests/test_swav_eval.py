@@ -309,3 +309,33 @@ def test_help_shows_defaults(parser, defaults):
     out = " ".join(parser().format_help().split())
     for d in defaults:
         assert d in out, d
+
+
+def test_load_backbone_accepts_the_released_formats(tmp_path):
+    """Raw ``module.`` state_dicts (Facebook's swav_*_pretrain.pth.tar), unprefixed ones, and a torchvision
+    ResNet-50 (its ``fc`` dropped, like the prototypes) all load into the ImageNet-stem backbone."""
+    import torchvision
+    torch.manual_seed(0)
+    src = resnet50(normalize=True, hidden_mlp=2048, output_dim=128, nmb_prototypes=3000)
+    tv = torchvision.models.resnet50(weights=None)
+    files = {"raw_module": {"module." + k: t for k, t in src.state_dict().items()},
+             "plain": {"state_dict": src.state_dict()},
+             "torchvision": tv.state_dict()}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+        target = resnet50(output_dim=0, eval_mode=True)
+        msg = linear.load_backbone(target, tmp_path / name)
+        ref = tv if name == "torchvision" else src
+        assert torch.equal(target.layer4[2].conv3.weight, ref.layer4[2].conv3.weight), name
+        assert torch.equal(target.bn1.running_var, ref.bn1.running_var), name
+        # ResNet-50: 53 convs (stem + 16 blocks x 3 + 4 downsample) and 53 BNs x 5 entries = 318 tensors
+        assert "Loaded 318 backbone tensors" in msg, msg
+
+
+def test_torch_distributed_launch_passes_local_rank(ckpt, small_cifar, tmp_path):
+    """upstream's single-node line: ``python -m torch.distributed.launch --nproc_per_node=1`` (PyTorch >= 2
+    passes ``--local-rank=0``, which upstream's parser rejected)."""
+    p = run_script(["-m", "torch.distributed.launch", "--nproc_per_node=1", "--master_port", str(free_port()),
+                    CIFAR_EVAL, "--data_path", small_cifar, "--pretrained", ckpt, "--dump_path", tmp_path / "l",
+                    "--epochs", "1", *FAST], timeout=300)
+    assert "Top-1 test accuracy:" in p.stdout
