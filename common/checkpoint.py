@@ -32,8 +32,14 @@ def save_atomic(obj, path):
 
 
 def get_rng_state():
-    """Every RNG a training step draws from: Python, NumPy's global RNG, torch CPU and CUDA."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Every RNG a training step draws from: Python, NumPy's global RNG, torch CPU and CUDA.
+
+    NumPy's key array is stored as a tensor so that checkpoints holding this state still load with
+    ``torch.load(..., weights_only=True)`` (PyTorch >= 2.6's default, used by upstream's tools).
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -42,7 +48,9 @@ def get_rng_state():
 
 def set_rng_state(state):
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
