@@ -8,7 +8,6 @@ every curve is drawn through its own non-empty points. ``main_unmix.py`` uses th
 per-run ``curves.png``.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from common.logs import plot_runs as common_plot_runs  # noqa: E402
 
 NAMES = {"train_loss": "training loss", "linear_acc@1": "linear top-1 (%)", "knn5_acc@1": "5-NN top-1 (%)",
          "knn200w_acc@1": "200-NN weighted top-1 (%)"}
@@ -46,29 +46,7 @@ def read_log(path):
 
 def plot_runs(runs, png_path, title=None):
     """``runs`` = [(label, DataFrame)]; one panel per column of panel_columns, saved atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(c, NAMES.get(c, c)) for c in panel_columns(runs)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (col, name) in zip(axes[0], panels):
-        for label, df in runs:
-            if col in df:
-                d = df[["epoch", col]].dropna()
-                ax.plot(d["epoch"], d[col], marker="o" if len(d) < 30 else None, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        if len(runs) > 1:
-            ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    common_plot_runs(runs, png_path, title=title, columns=panel_columns(runs), names=NAMES)
 
 
 def main(argv=None):
