@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -50,6 +51,8 @@ def _assert_layout(dump, world, queue):
     assert len(ckpt["rng_states"]) == world
     stats = pd.read_pickle(dump / "stats0.pkl")
     assert list(stats.columns) == ["epoch", "loss"] and len(stats) == ckpt["epoch"]
+    for r in range(world):  # every process's stats rows, for an exact resume
+        assert ckpt["stats"][r] == list(pd.read_pickle(dump / f"stats{r}.pkl").itertuples(index=False, name=None))
     with open(dump / "params.pkl", "rb") as f:
         params = pickle.load(f)
     assert params.world_size == world and params.dump_path == str(dump)
@@ -90,6 +93,24 @@ def test_cifar_one_process_layout_keys_and_exact_resume(tiny_cifar, tmp_path):
         assert torch.equal(resumed["optimizer"]["state"][i]["momentum_buffer"], st["momentum_buffer"])
     assert torch.equal(_ckpt(b / "queue0.pth")["queue"], _ckpt(a / "queue0.pth")["queue"])
     pd.testing.assert_frame_equal(pd.read_pickle(b / "stats0.pkl"), pd.read_pickle(a / "stats0.pkl"))
+
+    # the same from a checkpoint of the earlier format: no "stats" rows (the history comes from the stats
+    # file, written as upstream's PD_Stats did: float epochs) and NumPy's RNG key as an array
+    old = _ckpt(a / "checkpoints" / "ckp-0.pth")
+    del old["stats"]
+    kind, keys, *rest = old["rng_states"][0]["numpy"]
+    old["rng_states"][0]["numpy"] = (kind, keys.numpy().astype(np.uint32), *rest)
+    o = tmp_path / "old"
+    o.mkdir()
+    torch.save(old, o / "checkpoint.pth.tar")
+    old_stats = pd.DataFrame(columns=["epoch", "loss"])
+    for row in pd.read_pickle(a / "stats0.pkl").itertuples(index=False):
+        old_stats.loc[len(old_stats)] = list(row)
+    old_stats.to_pickle(o / "stats0.pkl")
+    run_script(args + ["--dump_path", o, "--resume"])
+    for k, t in sd.items():
+        assert torch.equal(_ckpt(o / "checkpoint.pth.tar")["state_dict"][k], t), k
+    pd.testing.assert_frame_equal(pd.read_pickle(o / "stats0.pkl"), pd.read_pickle(a / "stats0.pkl"))
 
     # in-process (the same main(); the one-line exit is checked in test_bad_input_gives_one_clear_error)
     argv = [str(x) for x in args[1:]]

@@ -2,8 +2,9 @@
 SwAV entry script: ``params.pkl``, ``checkpoints/``, ``stats{rank}.pkl`` and ``train.log``.
 
 Differences from upstream: the stats rows are also kept in the checkpoint (``"stats"``), so a resumed
-run rewrites exactly the history it had; files are written atomically; the logger is a named logger
-(not the root logger), so importing this module never changes other code's logging.
+run rewrites exactly the history it had (:func:`rows_before` reads it back from ``stats{rank}.pkl`` for
+checkpoints without them); files are written atomically; the logger is a named logger (not the root
+logger), so importing this module never changes other code's logging.
 """
 import logging
 import os
@@ -13,6 +14,8 @@ import time
 from datetime import timedelta
 
 import pandas as pd
+
+from common.cli import CLIError
 
 
 class LogFormatter(logging.Formatter):
@@ -29,8 +32,10 @@ class LogFormatter(logging.Formatter):
         return "%s - %s" % (prefix, message) if message else ""
 
 
-def create_logger(filepath, rank=0, name="swav"):
-    """File handler (DEBUG) at ``filepath`` (``filepath-{rank}`` for rank > 0) + stdout (INFO)."""
+def create_logger(filepath, rank=0, name="swav", console="stdout"):
+    """File handler (DEBUG) at ``filepath`` (``filepath-{rank}`` for rank > 0) + the console (INFO):
+    ``console`` is ``"stdout"`` (the evaluation scripts) or ``"stderr"`` (pretraining, as upstream's
+    ``StreamHandler()``)."""
     formatter = LogFormatter()
     logger = logging.getLogger(name)
     for h in list(logger.handlers):  # a second call in the same process (tests) replaces the handlers
@@ -43,7 +48,7 @@ def create_logger(filepath, rank=0, name="swav"):
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(formatter)
         logger.addHandler(fh)
-    ch = logging.StreamHandler(sys.stdout)
+    ch = logging.StreamHandler(getattr(sys, console))
     ch.setLevel(logging.INFO)
     ch.setFormatter(formatter)
     logger.addHandler(ch)
@@ -80,7 +85,20 @@ class PDStats:
         os.replace(tmp, self.path)
 
 
-def initialize_exp(args, *columns, rank=0, rows=(), name="swav"):
+def rows_before(path, columns, epoch):
+    """The rows of an existing stats file ``path`` (first column: the epoch) for the epochs before
+    ``epoch``, as Python numbers (so they can go into a ``weights_only`` checkpoint): the history of a run
+    resumed from a checkpoint that does not hold its stats rows. No file: no rows."""
+    if not os.path.isfile(path):
+        return []
+    df = pd.read_pickle(path)
+    if list(df.columns) != list(columns):
+        raise CLIError(f"{path} is not a stats file of this script (columns {list(df.columns)})")
+    rows = [tuple(v.item() if hasattr(v, "item") else v for v in r) for r in df.itertuples(index=False, name=None)]
+    return [(int(r[0]), *r[1:]) for r in rows if r[0] < epoch]  # older files hold float epochs
+
+
+def initialize_exp(args, *columns, rank=0, rows=(), name="swav", console="stdout"):
     """Writes ``params.pkl``, creates ``checkpoints/`` and returns ``(logger, stats)``, as upstream.
 
     Only rank 0 writes ``params.pkl`` (upstream had every rank write the same file).
@@ -94,7 +112,7 @@ def initialize_exp(args, *columns, rank=0, rows=(), name="swav"):
             pickle.dump(args, f)
         os.replace(tmp, os.path.join(dump, "params.pkl"))
     stats = PDStats(os.path.join(dump, f"stats{rank}.pkl"), columns, rows)
-    logger = create_logger(os.path.join(dump, "train.log"), rank=rank, name=name)
+    logger = create_logger(os.path.join(dump, "train.log"), rank=rank, name=name, console=console)
     logger.info("============ Initialized logger ============")
     logger.info("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
     logger.info(f"The experiment will be stored in {dump}\n")

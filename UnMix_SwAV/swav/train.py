@@ -12,19 +12,16 @@ Departures from upstream (each keeps the published mathematics):
 * Runs without a launcher (world of 1, no process group; checkpoint keys still get ``module.``), and on
   CPU with gloo. ``--use_fp16`` and ``--sync_bn`` are no-ops on CPU (warned).
 * The queue works (upstream raised NameError once it was used).
-* Checkpoints are written atomically and also hold every rank's RNG state, so ``--resume`` continues a
-  run exactly. An existing run is never overwritten: without ``--resume`` the script refuses a
+* Checkpoints are written atomically and also hold every rank's RNG state and stats rows, so ``--resume``
+  continues a run exactly. An existing run is never overwritten: without ``--resume`` the script refuses a
   ``--dump_path`` that already holds ``checkpoint.pth.tar`` (upstream resumed silently).
 """
 import argparse
 import logging
 import os
-import pickle
 import time
-from datetime import timedelta
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -39,6 +36,7 @@ from common.larc import LARC
 from common.mix import draw_mix_params
 from common.utils import AverageMeter, seed_everything, worker_count
 
+from .exp import PDStats, initialize_exp, rows_before
 from .loss import SwAVLoss, make_unmix_inputs, unmix_swav_loss
 from .multicrop import cifar_multicrop, imagenet_multicrop
 from .resnet import ARCHS, build
@@ -264,74 +262,12 @@ def apply_sync_bn(model, args, world, device):
     return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=own)
 
 
-class _Formatter(logging.Formatter):
-    """Upstream's log format: ``LEVEL - date time - elapsed - message``."""
-
-    def __init__(self):
-        super().__init__()
-        self.start = time.time()
-
-    def format(self, record):
-        elapsed = timedelta(seconds=round(record.created - self.start))
-        prefix = f"{record.levelname} - {time.strftime('%x %X')} - {elapsed} - "
-        return prefix + record.getMessage().replace("\n", "\n" + " " * len(prefix))
-
-
-def create_logger(path, rank):
-    logger.handlers.clear()
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    fmt = _Formatter()
-    fh = logging.FileHandler(path if rank == 0 else f"{path}-{rank}")
-    fh.setLevel(logging.DEBUG)
-    fh.setFormatter(fmt)
-    ch = logging.StreamHandler()
-    ch.setLevel(logging.INFO)
-    ch.setFormatter(fmt)
-    logger.addHandler(fh)
-    logger.addHandler(ch)
-    return logger
-
-
-def rng_state_for_checkpoint():
-    """``common.checkpoint.get_rng_state()`` with NumPy's array as a tensor, so that the checkpoint still
-    loads with ``torch.load(..., weights_only=True)`` (the default of PyTorch >= 2.6 and of tools that
-    read upstream checkpoints)."""
-    state = get_rng_state()
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
-    return state
-
-
-def restore_rng_state(state):
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    keys = keys.numpy().astype(np.uint32) if torch.is_tensor(keys) else keys
-    set_rng_state(dict(state, numpy=(kind, keys, pos, has_gauss, gauss)))
-
-
 def gather_objects(obj, world):
     if world == 1:
         return [obj]
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
-
-
-def load_stats(path, start_epoch):
-    """Upstream's ``stats{rank}.pkl`` (epoch, loss) rows, kept up to the resumed epoch."""
-    if start_epoch == 0 or not os.path.isfile(path):
-        return pd.DataFrame(columns=["epoch", "loss"])
-    stats = pd.read_pickle(path)
-    if list(stats.columns) != ["epoch", "loss"]:
-        raise CLIError(f"{path} is not a stats file of this script (columns {list(stats.columns)})")
-    return stats[stats["epoch"] < start_epoch].reset_index(drop=True)
-
-
-def save_pickle(obj, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f)
-    os.replace(tmp, path)
 
 
 def main(variant, argv=None):
@@ -360,18 +296,11 @@ def main(variant, argv=None):
         raise CLIError(f"the dataset has {len(dataset)} images: fewer than one batch of {args.batch_size} "
                        f"per process x {world} processes (batches are dropped when incomplete)")
 
-    # ---- output folder (never overwrite a previous run), logs ----
+    # ---- output folder (never overwrite a previous run); upstream's params.pkl, checkpoints/, stats, log
+    # (console: stderr, as upstream's pretraining) ----
     dump = prepare_output_dir(args.dump_path, args.resume, "checkpoint.pth.tar")
     ckpt_dir = dump / "checkpoints"
-    if rank == 0:
-        ckpt_dir.mkdir(exist_ok=True)
-    args.dump_checkpoints = str(ckpt_dir)
-    create_logger(dump / "train.log", rank)
-    if rank == 0:
-        save_pickle(args, dump / "params.pkl")
-    logger.info("============ Initialized logger ============")
-    logger.info("\n".join(f"{k}: {val}" for k, val in sorted(vars(args).items())))
-    logger.info(f"The experiment will be stored in {dump}\n")
+    _, stats = initialize_exp(args, "epoch", "loss", rank=rank, console="stderr")
     logger.info(f"Building data done with {len(dataset)} images loaded.")
 
     # ---- model ----
@@ -400,7 +329,7 @@ def main(variant, argv=None):
             find_unused_parameters=v["find_unused_parameters"])
 
     # ---- resume ----
-    start_epoch, rng_states = 0, None
+    start_epoch, rng_states, saved_stats = 0, None, None
     ckpt_path = dump / "checkpoint.pth.tar"
     if args.resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, map_location=device)
@@ -422,7 +351,7 @@ def main(variant, argv=None):
                        "_growth_tracker": amp["loss_scaler0"]["unskipped"]}
             scaler.load_state_dict(amp)
         start_epoch = int(ckpt["epoch"])
-        rng_states = ckpt.get("rng_states")
+        rng_states, saved_stats = ckpt.get("rng_states"), ckpt.get("stats")
         if rng_states is None or len(rng_states) != world:
             logger.warning("the checkpoint holds no RNG state for %d processes: the run continues, but not "
                            "bit-exactly", world)
@@ -456,9 +385,12 @@ def main(variant, argv=None):
         torch.backends.cudnn.benchmark = True
     swav_loss = SwAVLoss(args.batch_size, args.nmb_crops, args.crops_for_assign, args.temperature,
                          make_sinkhorn(args, variant), softmax_then_log=v["softmax_then_log"])
-    stats = load_stats(dump / f"stats{rank}.pkl", start_epoch)
+    if start_epoch > 0:  # the history up to the checkpoint (the stats file may hold later epochs)
+        rows = (saved_stats[rank] if saved_stats is not None and len(saved_stats) == world
+                else rows_before(stats.path, stats.columns, start_epoch))  # checkpoints without "stats"
+        stats = PDStats(stats.path, stats.columns, rows)
     if rng_states is not None:
-        restore_rng_state(rng_states[rank])
+        set_rng_state(rng_states[rank])
 
     for epoch in range(start_epoch, args.epochs):
         logger.info(f"============ Starting epoch {epoch} ... ============")
@@ -468,15 +400,14 @@ def main(variant, argv=None):
                                 device=device)
         (ep, loss), queue = train_one_epoch(loader, model, raw_model, optimizer, scaler, epoch, schedule,
                                             queue, swav_loss, args, device, use_amp)
-        stats.loc[len(stats)] = [ep, loss]
-        stats.to_pickle(f"{dump}/stats{rank}.pkl.tmp")
-        os.replace(f"{dump}/stats{rank}.pkl.tmp", dump / f"stats{rank}.pkl")
-        rng = gather_objects(rng_state_for_checkpoint(), world)  # every rank's RNG, for an exact resume
+        stats.update((ep, loss))
+        # every rank's RNG state and stats rows, for an exact resume
+        rng, rows = zip(*gather_objects((get_rng_state(), stats.rows), world))
         if rank == 0:
             save_dict = {"epoch": epoch + 1,
                          "state_dict": {"module." + k: t for k, t in raw_model.state_dict().items()},
                          "optimizer": optimizer.state_dict(),
-                         "rng_states": rng}
+                         "rng_states": list(rng), "stats": list(rows)}
             if use_amp:
                 save_dict["amp"] = scaler.state_dict()
             save_atomic(save_dict, ckpt_path)
