@@ -59,9 +59,9 @@ def test_eval_refuses_other_architecture(c10_run):
 
 
 def test_c100_and_imagefolder_runs(cifar100_root, imagefolder_root, tmp_path):
-    train(C100, cifar100_root, tmp_path / "c100", "--asymmetric", "--no-unmix", "--moco-k", "8")
+    train(C100, cifar100_root, tmp_path / "c100", "--asymmetric", "--no-unmix", "--moco-k", "8", "--amp")
     ckpt = torch.load(tmp_path / "c100" / "model_last.pth", weights_only=False)
-    assert ckpt["args"]["dataset"] == "cifar100" and ckpt["args"]["symmetric"] is False
+    assert ckpt["args"]["dataset"] == "cifar100" and ckpt["args"]["symmetric"] is False and ckpt["args"]["amp"]
     train(C10, imagefolder_root, tmp_path / "imf", "--dataset", "imagefolder", "--two-pass")
     log = pd.read_csv(tmp_path / "imf" / "log.csv")
     assert len(log) == 1
