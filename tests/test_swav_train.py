@@ -130,10 +130,10 @@ def test_cifar_one_process_layout_keys_and_exact_resume(tiny_cifar, tmp_path):
 def test_cifar_two_processes_torch_distributed_launch(tiny_cifar, tmp_path):
     # python -m torch.distributed.launch passes --local-rank=N (PyTorch >= 2): accepted
     d = tmp_path / "run"
-    p = run_script(["-m", "torch.distributed.launch", "--nproc_per_node=2", f"--master_port={free_port()}",
-                    CIFAR, "--data_path", tiny_cifar, "--dataset", "cifar10", "--epochs", "1",
-                    "--size_crops", "16", "--batch_size", "4", "--queue_length", "16", "--epoch_queue_starts",
-                    "0", "--dump_path", d, *TINY[2:]])
+    run_script(["-m", "torch.distributed.launch", "--nproc_per_node=2", f"--master_port={free_port()}",
+                   CIFAR, "--data_path", tiny_cifar, "--dataset", "cifar10", "--epochs", "1",
+                   "--size_crops", "16", "--batch_size", "4", "--queue_length", "16", "--epoch_queue_starts",
+                   "0", "--dump_path", d, *TINY[2:]])
     ckpt = _assert_layout(d, 2, queue=True)
     assert ckpt["epoch"] == 1
     assert _ckpt(d / "queue1.pth")["queue"].shape == (2, 8, 8)  # queue_length // world per process
