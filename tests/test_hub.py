@@ -159,3 +159,31 @@ def test_convert_moco_imagenet_and_simclr_byol(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(tv.eval()(x), byol.model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_convert_simclr_byol_prints_the_right_arch_and_maxpool(tmp_path):
+    """The printed recipe is the model the features came from: resnet50 stays resnet50, and a run on an
+    ImageFolder (htdt's Tiny ImageNet setting) keeps its max-pool (the keys alone cannot tell)."""
+    methods = _import_from("UnMix_SimCLR_BYOL", "methods")
+    simclr50 = methods.build_model("simclr", "resnet50", emb=8, head_size=16)
+    src = tmp_path / "simclr50.pth"
+    torch.save({"state_dict": simclr50.state_dict(), "args": {"dataset": "cifar10"}}, src)
+    p = run_script([SCRIPT, src, tmp_path / "tv50.pth"])
+    assert "torchvision.models.resnet50()" in p.stdout and "resnet18" not in p.stdout, p.stdout
+
+    byol = _randomise(methods.build_model("byol", maxpool=True, emb=8, head_size=16))
+    src = tmp_path / "byol_if.pth"
+    torch.save({"state_dict": byol.state_dict(), "args": {"dataset": "imagefolder"}}, src)
+    p = run_script([SCRIPT, src, tmp_path / "tv_if.pth"])
+    assert "maxpool kept" in p.stdout and "maxpool = Identity()" not in p.stdout, p.stdout
+    tv = conv.build_torchvision("simclr_byol", "byol-resnet18", maxpool=True)
+    missing, unexpected = tv.load_state_dict(torch.load(tmp_path / "tv_if.pth"), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and unexpected == []
+    tv.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(tv.eval()(x), byol.model(x), rtol=1e-4, atol=1e-5)
+
+    torch.save(byol.state_dict(), tmp_path / "byol_imagefolder_99.pt")  # htdt's bare state_dict: unknown
+    p = run_script([SCRIPT, tmp_path / "byol_imagefolder_99.pt", tmp_path / "tv_htdt.pth"])
+    assert "kept if trained on an ImageFolder" in p.stdout, p.stdout

@@ -12,7 +12,7 @@ loads into the torchvision model below with only ``fc.weight``/``fc.bias`` missi
 | MoCo v1/v2 ImageNet ``checkpoint_*.pth.tar`` | ``resnet50()`` (unchanged) |
 | SwAV CIFAR ``checkpoint.pth.tar`` | ``ResNet(Bottleneck, [2, 2, 2, 2])`` with ``conv1 = Conv2d(3, 64, 3, 1, padding=2, bias=False)``, ``maxpool = Identity()`` |
 | SwAV ImageNet ResNet-50 ``checkpoint.pth.tar`` | ``resnet50()`` (unchanged) |
-| SimCLR / BYOL ``model_last.pth`` (``model.module.*``; the online encoder for BYOL) | ``resnet18()``/``resnet50()`` with the CIFAR conv1 above and ``maxpool = Identity()`` |
+| SimCLR / BYOL ``model_last.pth`` (``model.module.*``; the online encoder for BYOL) | ``resnet18()``/``resnet50()`` with the CIFAR conv1 above and ``maxpool = Identity()`` (a run on ``--dataset imagefolder`` keeps the maxpool, as htdt's Tiny ImageNet / STL-10 models) |
 
 Name mapping of the MoCo CIFAR demo (``ModelBase`` is a ``nn.Sequential`` rebuilt from torchvision's
 children, upstream_cifar.md §1.4.2): ``encoder_q.net.0`` -> ``conv1`` (3x3, stride 1), ``net.1`` -> ``bn1``,
@@ -83,8 +83,10 @@ def convert_state_dict(state_dict, keep_head=False):
     return out, kind, variant
 
 
-def build_torchvision(kind, variant=None, num_classes=1000, **kwargs):
-    """The torchvision ResNet whose ``state_dict`` names/shapes match :func:`convert_state_dict`'s output."""
+def build_torchvision(kind, variant=None, num_classes=1000, maxpool=False, **kwargs):
+    """The torchvision ResNet whose ``state_dict`` names/shapes match :func:`convert_state_dict`'s output.
+
+    ``maxpool`` keeps the max-pool of a small-stem model (SimCLR/BYOL trained on an ImageFolder)."""
     from torchvision.models import resnet18, resnet50
     from torchvision.models.resnet import Bottleneck, ResNet
     arch, stem = target(kind, variant)
@@ -97,8 +99,33 @@ def build_torchvision(kind, variant=None, num_classes=1000, **kwargs):
     if stem.startswith("cifar"):
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2 if stem == "cifar_pad2" else 1,
                                 bias=False)
-        model.maxpool = nn.Identity()
+        if not maxpool:
+            model.maxpool = nn.Identity()
     return model
+
+
+def simclr_byol_maxpool(obj):
+    """Whether a SimCLR/BYOL checkpoint's encoder kept the max-pool: True for ``--dataset imagefolder``
+    (htdt's Tiny ImageNet / STL-10 setting), False for CIFAR, None when not recorded (htdt's bare .pt)."""
+    saved = obj.get("args") if isinstance(obj, dict) else None
+    if not isinstance(saved, dict) or "dataset" not in saved:
+        return None
+    return saved["dataset"] == "imagefolder"
+
+
+def load_instructions(kind, variant, maxpool=False):
+    """How to build the torchvision model the converted ``state_dict`` loads into (printed by the CLI).
+
+    ``maxpool``: True keeps the max-pool, False replaces it by Identity, None (unknown) says both."""
+    arch, stem = target(kind, variant)
+    if stem == "imagenet":
+        return f"torchvision.models.{arch}()"
+    if stem == "cifar_pad2":
+        return ("ResNet(Bottleneck, [2, 2, 2, 2]); conv1 = Conv2d(3, 64, 3, 1, padding=2, bias=False); "
+                "maxpool = Identity()")
+    pool = {False: "maxpool = Identity()", True: "maxpool kept (trained on an ImageFolder)",
+            None: "maxpool = Identity() if trained on CIFAR, kept if trained on an ImageFolder"}[maxpool]
+    return f"torchvision.models.{arch}(); conv1 = Conv2d(3, 64, 3, 1, 1, bias=False); {pool}"
 
 
 def main(argv=None):
@@ -120,12 +147,7 @@ def main(argv=None):
     except CLIError as e:
         raise CLIError(f"{args.input}: {e}") from None
     save_atomic(out, args.output)
-    arch, stem = target(kind, variant)
-    how = {"cifar": "torchvision.models.resnet18(); conv1 = Conv2d(3, 64, 3, 1, 1, bias=False); "
-                    "maxpool = Identity()",
-           "cifar_pad2": "ResNet(Bottleneck, [2, 2, 2, 2]); conv1 = Conv2d(3, 64, 3, 1, padding=2, bias=False); "
-                         "maxpool = Identity()",
-           "imagenet": f"torchvision.models.{arch}()"}[stem]
+    how = load_instructions(kind, variant, simclr_byol_maxpool(obj) if kind == "simclr_byol" else False)
     print(f"{args.input} ({kind} [{variant}]) -> {args.output}: {len(out)} tensors; load into {how} "
           "(strict=False: only fc.weight/fc.bias missing)")
 
