@@ -7,6 +7,7 @@ re-computation of the validation loss / top-1 from the files the run wrote.
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -151,8 +152,18 @@ def test_resume_continues_exactly_and_runs_are_not_overwritten(full_run, ckpt, s
     assert killed_at < 2, "the run finished before it could be interrupted"
     with pytest.raises(CLIError, match="already holds a run.*--resume"):
         linear.main("cifar", [str(a) for a in common[1:]] + ["--dump_path", str(part)])
+    # a copy in the earlier checkpoint format: rank 0's "stats" rows and "rng" state only
+    old = tmp_path / "old"
+    shutil.copytree(part, old)
+    ck = torch.load(old / "checkpoint.pth.tar", weights_only=False)
+    ck["stats"], ck["rng"] = ck["stats"][0], ck.pop("rng_states")[0]
+    torch.save(ck, old / "checkpoint.pth.tar")
     p = run_script(common + ["--dump_path", part, "--resume", "true"])
     assert f"resuming from epoch {killed_at}" in p.stdout
+    run_script(common + ["--dump_path", old, "--resume", "true"])
+    pd.testing.assert_frame_equal(pd.read_pickle(old / "stats0.pkl"), pd.read_pickle(full_run[0] / "stats0.pkl"))
+    assert torch.equal(torch.load(old / "checkpoint.pth.tar", weights_only=False)["state_dict"]["module.linear.weight"],
+                       torch.load(full_run[0] / "checkpoint.pth.tar", weights_only=False)["state_dict"]["module.linear.weight"])
     full = pd.read_pickle(full_run[0] / "stats0.pkl")
     resumed = pd.read_pickle(part / "stats0.pkl")
     pd.testing.assert_frame_equal(full, resumed)
@@ -244,6 +255,48 @@ def test_two_process_gloo_linear_eval(ckpt, small_cifar, tmp_path):
     # each rank trained on its half of the 32 images (DistributedSampler), validated on all 16
     log = (dump / "train.log").read_text()
     assert "Iter: [0/2]" in log  # 16 images per rank, batches of 8
+
+
+STOP_AFTER_FIRST_CHECKPOINT = """
+import os, sys
+sys.path.insert(0, {root!r})
+from UnMix_SwAV.swav import linear
+save = linear.save_atomic
+def save_and_die(obj, path):  # rank 0 is killed right after writing its first checkpoint
+    save(obj, path)
+    os._exit(3)
+linear.save_atomic = save_and_die
+linear.main("cifar", sys.argv[1:])
+"""
+
+
+def test_two_process_resume_keeps_every_process_history(ckpt, small_cifar, tmp_path):
+    """Each process resumes with its own stats rows (stats1.pkl is not seeded with rank 0's) and RNG state."""
+    def torchrun(script, dump, *extra, check=True):
+        return run_script(["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), script, "--data_path", small_cifar,
+                           "--pretrained", ckpt, "--dump_path", dump, "--epochs", "2", *FAST, *extra],
+                          timeout=300, check=check)
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    torchrun(CIFAR_EVAL, full)
+    out = torch.load(full / "checkpoint.pth.tar", weights_only=True)
+    for r in range(2):
+        assert out["stats"][r] == list(pd.read_pickle(full / f"stats{r}.pkl").itertuples(index=False, name=None))
+    assert len(out["rng_states"]) == 2
+    a, b = (pd.read_pickle(full / f"stats{r}.pkl") for r in range(2))
+    assert not a["loss"].equals(b["loss"])  # each process trains on its own half: the histories differ
+
+    stop = tmp_path / "stop.py"
+    stop.write_text(STOP_AFTER_FIRST_CHECKPOINT.format(root=str(ROOT)))
+    assert torchrun(stop, part, check=False).returncode != 0
+    assert torch.load(part / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
+    torchrun(CIFAR_EVAL, part, "--resume", "true")
+    for r in range(2):
+        pd.testing.assert_frame_equal(pd.read_pickle(part / f"stats{r}.pkl"), pd.read_pickle(full / f"stats{r}.pkl"))
+    res = torch.load(part / "checkpoint.pth.tar", weights_only=True)
+    assert torch.equal(res["state_dict"]["module.linear.weight"], out["state_dict"]["module.linear.weight"])
+    assert res["stats"] == out["stats"] and res["best_acc"] == out["best_acc"]
 
 
 def test_imagenet_linear_eval_on_an_image_folder(imagenet_like, tmp_path):

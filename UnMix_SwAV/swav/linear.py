@@ -10,7 +10,8 @@ only pick the variant (data, defaults, normalisation, stem). Upstream behaviour 
   (also with one process, so the sample order is upstream's), the full validation set on every rank;
 * ``best_acc`` = the best validation top-1 over epochs, the number upstream reports;
 * dump layout: ``params.pkl``, ``checkpoints/``, ``stats{rank}.pkl``, ``train.log`` and
-  ``checkpoint.pth.tar`` = {epoch, state_dict (``module.linear.*``), optimizer, scheduler, best_acc}.
+  ``checkpoint.pth.tar`` = {epoch, state_dict (``module.linear.*``), optimizer, scheduler, best_acc}
+  (extras: ``stats`` and ``rng_states``, every process's stats rows and RNG state, for an exact resume).
 
 Fixed (upstream quirks that are bugs, not numbers): pretrained weights are checked key by key and a
 checkpoint that does not match the backbone is refused (upstream's ``strict=False`` silently trained
@@ -35,9 +36,9 @@ from common.dist import barrier, cleanup, init_distributed, launcher_env
 from common.logs import write_csv
 from common.utils import AverageMeter, accuracy, seed_everything, worker_count
 
-from .exp import PDStats, initialize_exp
+from .exp import PDStats, initialize_exp, rows_before
 from .resnet import ARCHS, build
-from .train import add_cifar_data_args, cifar_source
+from .train import add_cifar_data_args, cifar_source, gather_objects
 
 # Upstream eval_linear (CIFAR) normalises with the true CIFAR-10 std, which differs from the std used
 # in pretraining (0.2023, 0.1994, 0.2010): kept, it produced the published numbers.
@@ -331,6 +332,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
     ``head`` None (semi-supervised): the whole ``model`` trains, ``best_acc`` is upstream's (top-1, top-5).
     """
     trained = unwrap(model if head is None else head)
+    world = args.world_size
     start_epoch, best = 0, (0.0, 0.0)
     ckpt = resume_state(args.dump_path, args.resume, logger)
     if ckpt is not None:
@@ -345,9 +347,24 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
             raise CLIError(f"{os.path.join(args.dump_path, CHECKPOINT)} is not a checkpoint of this evaluation: "
                            f"{e}") from None
         best = tuple(b) if isinstance(b, (tuple, list)) else (b, 0.0)
-        stats = PDStats(stats.path, stats.columns, ckpt.get("stats", []))
-        if "rng" in ckpt:
-            set_rng_state(ckpt["rng"])
+        # this process's own stats rows and RNG state (as pretraining); checkpoints of the earlier format
+        # hold rank 0's only ("stats", "rng"), upstream's none: the other histories are read back from
+        # stats{rank}.pkl, up to the checkpoint's epoch
+        rng_states, saved = ckpt.get("rng_states"), ckpt.get("stats")
+        if rng_states is not None:
+            if len(rng_states) == world and saved is not None and len(saved) == world:
+                rows, rng = saved[rank], rng_states[rank]
+            else:
+                logger.warning("the checkpoint holds the state of %d processes, not %d: the run continues, "
+                               "but not bit-exactly", len(rng_states), world)
+                rows, rng = rows_before(stats.path, stats.columns, start_epoch), None
+        else:
+            rows = (saved if rank == 0 and saved is not None
+                    else rows_before(stats.path, stats.columns, start_epoch))
+            rng = ckpt.get("rng")
+        stats = PDStats(stats.path, stats.columns, rows)
+        if rng is not None:
+            set_rng_state(rng)
 
     for epoch in range(start_epoch, args.epochs):
         logger.info(f"============ Starting epoch {epoch} ... ============")
@@ -361,6 +378,8 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
                         f"Best Acc@1 so far {best[0]:.1f}")
         stats.update(scores + scores_val)
         scheduler.step()
+        # every process's RNG state and stats rows, for an exact resume (as pretraining)
+        rng_states, rows = zip(*gather_objects((get_rng_state(), stats.rows), world))
         if rank == 0:
             save_atomic({"epoch": epoch + 1,
                          "state_dict": with_module_prefix(trained.state_dict()),
@@ -368,7 +387,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
                          "scheduler": scheduler.state_dict(),
                          "best_acc": best[0] if head is not None else best,
                          # extras (not upstream): exact resume and history
-                         "stats": stats.rows, "rng": get_rng_state()},
+                         "stats": list(rows), "rng_states": list(rng_states)},
                         os.path.join(args.dump_path, CHECKPOINT))
             write_csv([dict(zip(stats.columns, r)) for r in stats.rows], os.path.join(args.dump_path, "stats.csv"))
     return best
