@@ -358,3 +358,22 @@ def test_cli_list_eval_cmd_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         released.main(["download", "--help"])
     assert "released_checkpoints" in capsys.readouterr().out
+
+
+def test_eval_cmd_run_from_another_directory_keeps_the_users_paths(tmp_path, monkeypatch):
+    """--run executes in the repo root; relative paths (given, or where `download` put the file in the
+    user's directory) must still point at the user's files, and --out is where the evaluation writes."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "released_checkpoints" / "unmix_mocov2_in1k_r50").mkdir(parents=True)
+    (tmp_path / "released_checkpoints" / "unmix_mocov2_in1k_r50" / "unmix_mocov2_r50.pth.tar").write_bytes(b"x")
+    (tmp_path / "m.pth").write_bytes(b"x")
+    calls = []
+    monkeypatch.setattr(released.subprocess, "call", lambda argv, cwd=None: calls.append((argv, cwd)) or 0)
+    released.main(["eval-cmd", "unmix_moco_c10_symmetric", "--path", "m.pth", "--data", "d", "--run"])
+    released.main(["eval-cmd", "unmix_mocov2_in1k_r50", "--data", "imnet", "--out", "lin", "--run"])
+    (argv1, cwd1), (argv2, cwd2) = calls
+    assert cwd1 == cwd2 == ROOT
+    assert argv1[2] == str(tmp_path / "m.pth") and argv1[argv1.index("--data") + 1] == str(tmp_path / "d")
+    pre = Path(argv2[argv2.index("--pretrained") + 1])
+    assert pre.is_absolute() and pre.is_file()
+    assert argv2[argv2.index("--output-dir") + 1] == str(tmp_path / "lin") and argv2[-1] == str(tmp_path / "imnet")

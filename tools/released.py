@@ -64,7 +64,7 @@ EVAL_SWAV_CIFAR = ("python UnMix_SwAV/for_CIFAR/eval_linear.py --arch resnet18 -
                    "--dump_path {out}")
 EVAL_MOCO_IN = ("python UnMix_MoCo/for_ImageNet/main_lincls_unmix.py -a resnet50 --lr 30.0 --batch-size 256 "
                 "--pretrained {path} --dist-url tcp://localhost:10001 --multiprocessing-distributed "
-                "--world-size 1 --rank 0 {data}")
+                "--world-size 1 --rank 0 --output-dir {out} {data}")
 EVAL_SWAV_IN = ("torchrun --nproc_per_node=8 UnMix_SwAV/for_ImageNet/eval_linear.py --data_path {data} "
                 "--pretrained {path} --dump_path {out} --arch {arch}")
 PLOT_LOG = "python tools/plot_curves.py --run {path} --out {out}.png"
@@ -350,15 +350,22 @@ def download(art, out=DEFAULT_OUT, force=False):
 
 # --- evaluation command ------------------------------------------------------------------------------------
 def eval_command(art, path=None, data=None, out=None):
+    """The command, to be run from the repo root (its scripts are named relative to it). Relative paths
+    (given or default) mean the caller's working directory, where ``download`` put the files: they are
+    made absolute unless that directory is the repo root."""
     if not art.evaluate:
         raise CLIError(f"{art.name} ({art.kind}) has no evaluation command; "
                        "its published number comes with the weights entry")
     path = path or str(Path(DEFAULT_OUT) / art.name / (art.filename if art.source != "gdrive-folder" else
                                                           "<run>/checkpoint.pth.tar"))
     default_data = {"cifar10": "data", "cifar100": "data", "imagenet": "/path/to/imagenet"}[art.dataset]
-    fields = dict(path=shlex.quote(str(path)), data=shlex.quote(str(data or default_data)),
-                  out=shlex.quote(str(out or f"eval_{art.name}")), dataset=art.dataset,
-                  labels="100" if art.dataset == "cifar100" else "10")
+    elsewhere = Path.cwd().resolve() != ROOT.resolve()
+
+    def arg(p):
+        return shlex.quote(os.path.abspath(p) if elsewhere else str(p))
+
+    fields = dict(path=arg(path), data=arg(data or default_data), out=arg(out or f"eval_{art.name}"),
+                  dataset=art.dataset, labels="100" if art.dataset == "cifar100" else "10")
     return art.evaluate.format(**fields)
 
 
