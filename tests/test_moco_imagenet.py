@@ -3,8 +3,10 @@ linear classification and the detectron2 converter. Single-process; the 2-proces
 test_moco_imagenet_dist.py."""
 import copy
 import math
+import os
 import pickle
 import runpy
+import subprocess
 from argparse import Namespace
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 import torchvision.models as models
 
 from common.cli import CLIError
-from conftest import assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, run_script
 from UnMix_MoCo.for_ImageNet import main_lincls_unmix as lincls
 from UnMix_MoCo.for_ImageNet import main_moco_unmix as pretrain
 from UnMix_MoCo.for_ImageNet.moco.builder import MoCo
@@ -411,3 +413,27 @@ def test_detectron2_converter_names_and_shapes_for_r50_c4(tmp_path, capsys):
     torch.save({"state_dict": {"module.fc.weight": torch.zeros(2, 2)}}, tmp_path / "lin.pth.tar")
     with pytest.raises(CLIError, match="module.encoder_q"):
         convert["main"]([str(tmp_path / "lin.pth.tar"), str(tmp_path / "lin.pkl")])
+
+
+def test_run_sh_resolves_relative_data_and_out_from_the_callers_directory(tmp_path):
+    """run.sh changes into its own folder: DATA and OUT given relative to the caller, or OUT absolute
+    (detection used to prefix it with ../), must reach the scripts as the caller's paths."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    fake = bin_dir / "python"
+    fake.write_text(f'#!/bin/sh\necho "$PWD|$*" >> {log}\n')
+    fake.chmod(0o755)
+    (tmp_path / "imnet").mkdir()
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", DATA="imnet", OUT="out")
+    script = str(ROOT / HERE / "run.sh")
+    for what in ("pretrain", "lincls", "detection"):
+        subprocess.run(["bash", script, what], cwd=tmp_path, env=env, check=True)
+    env["OUT"] = str(tmp_path / "abs_out")
+    subprocess.run(["bash", script, "detection"], cwd=tmp_path, env=env, check=True)
+    calls = [line.split("|", 1)[1].split() for line in log.read_text().splitlines()]
+    assert calls[0][-1] == str(tmp_path / "imnet")
+    assert calls[0][calls[0].index("--output-dir") + 1] == str(tmp_path / "out")
+    assert calls[1][calls[1].index("--pretrained") + 1] == str(tmp_path / "out" / "checkpoint_0199.pth.tar")
+    assert calls[1][-1] == str(tmp_path / "imnet")
+    for argv, out in ((calls[3], tmp_path / "out"), (calls[6], tmp_path / "abs_out")):
+        assert argv[argv.index("MODEL.WEIGHTS") + 1] == str(out / "detectron2.pkl")
