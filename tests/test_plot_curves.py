@@ -62,6 +62,13 @@ def test_load_run_reads_every_format(tmp_path):
     assert run["acc"].iloc[-1] == pytest.approx(65.0)  # prec1_val, not the training prec1
     assert run["loss"].iloc[0] == pytest.approx(2.0)  # the training loss, not loss_val
 
+    # MoCo ImageNet main_lincls_unmix.py log.csv: the validation accuracy, not the training one before it
+    pd.DataFrame({"epoch": [1, 2], "lr": 30.0, "train_loss": [3.0, 2.0], "train_acc1": [10.0, 20.0],
+                  "train_acc5": 50.0, "val_loss": [3.5, 2.5], "val_acc1": [15.0, 25.0],
+                  "val_acc5": 60.0}).to_csv(tmp_path / "lincls.csv", index=False)
+    run = pc.load_run(tmp_path / "lincls.csv")
+    assert run["acc"].tolist() == [15.0, 25.0] and run["loss"].tolist() == [3.0, 2.0]
+
     assert pc.parse_run("MoCo C10:+Un-Mix=a/b.csv") == ("MoCo C10", "+Un-Mix", pc.Path("a/b.csv"))
     assert pc.parse_run("MoCo=a/b.csv") == ("", "MoCo", pc.Path("a/b.csv"))
     (tmp_path / "noepoch.csv").write_text("step,loss\n1,2\n")

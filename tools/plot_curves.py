@@ -7,7 +7,8 @@
 ``--run [PANEL:]LABEL=PATH`` (or just ``PATH``). Runs sharing a PANEL are drawn in one column: loss on top,
 accuracy below. PATH is
 * a ``log.csv`` as written by the MoCo / SimCLR / BYOL scripts (``epoch,train_loss,test_acc@1,...``; the
-  first column containing "loss" and the first containing "acc" are used),
+  first column containing "loss" and the first containing "acc" are used, the validation accuracy
+  ``val_acc1`` of ``main_lincls_unmix.py`` before its ``train_acc1``),
 * a SwAV ``stats*.pkl`` (pandas pickle: pretraining ``epoch,loss``; linear eval ``epoch,loss,prec1,...,
   prec1_val``, whose ``prec1_val`` is the accuracy; its 0-based epochs are shifted to count finished epochs
   like the CSV logs) — pickles run code when read: only open files you trust,
@@ -27,7 +28,8 @@ import pandas as pd  # noqa: E402
 from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
 from tools import check_output  # noqa: E402
 
-ACC_PREFERENCE = ("test_acc@1", "linear_acc@1", "prec1_val", "knn_acc", "linear_acc", "test_acc", "acc")
+ACC_PREFERENCE = ("test_acc@1", "linear_acc@1", "prec1_val", "val_acc1", "knn_acc", "linear_acc", "test_acc",
+                  "acc")
 
 
 def parse_run(spec):
