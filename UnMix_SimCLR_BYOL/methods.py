@@ -116,7 +116,8 @@ class SimCLR(nn.Module):
         ``separate_passes`` runs the three model calls of the snippet literally. The default encodes x0, x1
         and the mixture once each and reuses them: every encoder BN sees the same batch (the flip only
         permutes it) and the head BN the same set of rows, so loss and gradients are the same (tested);
-        only the encoder BN running statistics are updated 3 times per step instead of 6.
+        only the BN running statistics differ: the encoder's are updated 3 times per step instead of 6, the
+        head's and ``bn_last``'s 2 times instead of 3.
         """
         if mixed is None:
             loss = self([x0, x1])
