@@ -176,8 +176,9 @@ def default_results_dir(args):
     return os.path.join("results", f"{args.method}_{args.dataset}_{'unmix' if args.unmix else 'baseline'}")
 
 
-# Per-session settings; every other argument of a resumed run comes from its checkpoint unless given again.
-SESSION_ARGS = {"resume", "results_dir", "data", "workers", "stop_after"}
+# Per-session settings; every other argument of a resumed run (the data root included) comes from its
+# checkpoint unless given again.
+SESSION_ARGS = {"resume", "results_dir", "workers", "stop_after"}
 
 
 def explicit_args(argv):

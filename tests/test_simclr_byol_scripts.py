@@ -170,3 +170,16 @@ def test_help_shows_protocol_defaults():
         assert frag in text, frag
     text = " ".join(ev.build_parser().format_help().split())
     assert "(default: 5)" in text and "(default: 200)" in text and "(default: 500)" in text
+
+
+def test_resume_alone_finds_the_runs_data(imagefolder_root, tmp_path, monkeypatch):
+    """`--resume model_last.pth` alone (the README's command) continues on the run's own --data, not ./data."""
+    from UnMix_SimCLR_BYOL import main_unmix
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    run = tmp_path / "run"
+    main_unmix.main(["--method", "simclr", "--dataset", "imagefolder", "--data", str(imagefolder_root),
+                     "--results-dir", str(run), *TINY, "--batch-size", "8", "--epochs", "2", "--stop-after", "1",
+                     "--probe-epochs", "0"])
+    main_unmix.main(["--resume", str(run / "model_last.pth"), "--workers", "0"])
+    ckpt = torch.load(run / "model_last.pth", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["args"]["data"] == str(imagefolder_root)
