@@ -377,3 +377,18 @@ def test_eval_cmd_run_from_another_directory_keeps_the_users_paths(tmp_path, mon
     pre = Path(argv2[argv2.index("--pretrained") + 1])
     assert pre.is_absolute() and pre.is_file()
     assert argv2[argv2.index("--output-dir") + 1] == str(tmp_path / "lin") and argv2[-1] == str(tmp_path / "imnet")
+
+
+def test_every_eval_command_is_accepted_by_its_script():
+    """The printed / --run evaluation commands only pass options their scripts accept."""
+    helps = {}
+    for a in released.CATALOGUE.values():
+        if not a.evaluate:
+            continue
+        toks = released.eval_command(a, path="/x/ckpt.pth", data="/d", out="/o").split()
+        script = next(t for t in toks if t.endswith(".py"))
+        if script not in helps:
+            helps[script] = run_script([script, "--help"]).stdout
+        for opt in (t.split("=")[0] for t in toks[toks.index(script) + 1:] if t.startswith("--")):
+            assert re.search(rf"(^|[\s\[,]){re.escape(opt)}([\s=\],]|$)", helps[script], re.M), \
+                f"{a.name}: {script} does not accept {opt}"

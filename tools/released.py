@@ -59,8 +59,8 @@ class Artefact:
 
 # --- evaluation commands (paths relative to the repo root) -------------------------------------------------
 EVAL_MOCO_CIFAR = "python UnMix_MoCo/for_CIFAR/eval_knn.py {path} --dataset {dataset} --data {data} --mode knn"
-EVAL_SWAV_CIFAR = ("python UnMix_SwAV/for_CIFAR/eval_linear.py --arch resnet18 --data_path {dataset} "
-                   "--data_root {data} --num_labels {labels} --crop_size 32 --workers 2 --pretrained {path} "
+EVAL_SWAV_CIFAR = ("python UnMix_SwAV/for_CIFAR/eval_linear.py --arch resnet18 --data_path {data} "
+                   "--dataset {dataset} --num_labels {labels} --crop_size 32 --workers 2 --pretrained {path} "
                    "--dump_path {out}")
 EVAL_MOCO_IN = ("python UnMix_MoCo/for_ImageNet/main_lincls_unmix.py -a resnet50 --lr 30.0 --batch-size 256 "
                 "--pretrained {path} --dist-url tcp://localhost:10001 --multiprocessing-distributed "
