@@ -349,6 +349,7 @@ def test_cli_list_eval_cmd_and_errors(tmp_path, capsys):
     assert out.split()[:3] == ["python", "UnMix_MoCo/for_CIFAR/eval_knn.py", str(tmp_path / "m.pth")]
     assert "--dataset cifar100" in out
     assert_clean_error(run_script([SCRIPT, "eval-cmd", "no_such_model"], check=False), "no released artefact")
+    assert_clean_error(run_script([SCRIPT, "list", "--kind", "no_such_kind"], check=False), "invalid choice")
     with pytest.raises(CLIError, match="no evaluation command"):
         released.main(["eval-cmd", "moco_c10_symmetric_args"])
     with pytest.raises(CLIError, match="does not exist"):

@@ -385,7 +385,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("list", help="print the catalogue", formatter_class=HelpFormatter)
-    s.add_argument("--kind", default=None, help="only artefacts of this kind")
+    s.add_argument("--kind", default=None, choices=sorted({a.kind for a in CATALOGUE.values()}),
+                   help="only artefacts of this kind")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s = sub.add_parser("download", help="fetch an artefact and verify it", formatter_class=HelpFormatter)
     s.add_argument("name")
