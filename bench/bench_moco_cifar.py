@@ -54,6 +54,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--bn-splits", type=int, default=8)
     args = p.parse_args()
+    if args.batch_size < 2 or args.batch_size % args.bn_splits or args.steps < 1 or args.warmup < 0:
+        p.error("--batch-size must be at least 2 and divisible by --bn-splits; --steps >= 1, --warmup >= 0")
     device = get_device()
     torch.manual_seed(0)
     np.random.seed(0)

@@ -34,7 +34,13 @@ def bool_flag(s):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows every default."""
+    """``--help`` shows every default, except on ``store_false`` switches (``--no-unmix``, ``--asymmetric``):
+    there "(default: True)" is the destination's value and reads as if the switch were on by default."""
+
+    def _get_help_string(self, action):
+        if isinstance(action, argparse._StoreFalseAction):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def prepare_output_dir(path, resume, marker):

@@ -86,7 +86,11 @@ def check_image_folder(path):
 
 def image_folder(path, transform=None, cls=torchvision.datasets.ImageFolder):
     """``ImageFolder(path)`` after checking the layout."""
-    return cls(str(check_image_folder(path)), transform=transform)
+    path = check_image_folder(path)
+    try:
+        return cls(str(path), transform=transform)
+    except FileNotFoundError as e:  # a class folder without images
+        raise CLIError(f"{path}: {e}") from None
 
 
 def split_dir(root, split):

@@ -138,3 +138,24 @@ def test_launcher_env(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert launcher_env() == (1, 2, 1)
+
+
+def test_help_shows_no_misleading_default_on_store_false_switches():
+    import argparse
+
+    from common.cli import HelpFormatter
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    p.add_argument("--no-unmix", dest="unmix", action="store_false", help="plain baseline")
+    p.add_argument("--epochs", default=7, type=int, help="epochs")
+    text = " ".join(p.format_help().split())
+    assert "plain baseline (default: True)" not in text and "plain baseline" in text
+    assert "epochs (default: 7)" in text
+
+
+def test_image_folder_with_an_empty_class_is_one_clear_error(tmp_path):
+    from common.data import image_folder
+    from fakedata import make_image_folder
+    root = make_image_folder(tmp_path, classes=2, per_class=1, size=8, splits=("train",))
+    (root / "train" / "class_empty").mkdir()
+    with pytest.raises(CLIError, match="class_empty"):
+        image_folder(root / "train")

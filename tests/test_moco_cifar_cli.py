@@ -138,8 +138,25 @@ def test_corrupt_and_foreign_checkpoints(c10_run, cifar10_root, tmp_path):
         assert_clean_error(p, frag)
         p = run_script([EVAL, tmp_path / name], check=False)
         assert p.returncode != 0 and "Traceback" not in p.stderr
+    # the right weights but nothing to resume from (no epoch, no optimizer state)
+    sd = torch.load(out / "model_last.pth", weights_only=False)["state_dict"]
+    torch.save({"state_dict": sd}, tmp_path / "weights_only.pth")
+    p = run_script([C10, "--data", cifar10_root, "--resume", tmp_path / "weights_only.pth", "--results-dir",
+                    tmp_path / "weights_only", *TINY], check=False)
+    assert_clean_error(p, "optimizer")
 
 
 def test_help_shows_defaults():
     p = run_script([C10, "--help"])
     assert "default: 1000" in p.stdout and "default: 0.06" in p.stdout and "--no-unmix" in p.stdout
+
+
+@pytest.mark.parametrize("bad", [["--batch-size", "0"], ["--knn-k", "0"], ["--knn-t", "0"]])
+def test_eval_nonsense_options_are_one_clear_error(tmp_path, bad):
+    p = run_script([EVAL, tmp_path / "any.pth", *bad], check=False)
+    assert_clean_error(p, "at least 1")
+
+
+def test_bench_refuses_batch_not_divisible_by_bn_splits():
+    p = run_script(["bench/bench_moco_cifar.py", "--batch-size", "12", "--bn-splits", "8"], check=False)
+    assert_clean_error(p, "divisible")

@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "UnMix_MoCo" / "for_CIFAR"))
-from unmix_cifar import ModelBase, ModelMoCo, SplitBatchNorm, build_parser, learning_rate  # noqa: E402
+from unmix_cifar import (ModelBase, ModelMoCo, SplitBatchNorm, build_datasets, build_parser, check_args,  # noqa: E402
+                         learning_rate)
+
+from common.cli import CLIError  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------- SplitBN
@@ -200,6 +203,13 @@ def test_cosine_schedule_per_epoch_one_based():
     assert learning_rate(1000, args) == pytest.approx(0.0, abs=1e-12)
     args = build_parser().parse_args(["--no-cos", "--schedule", "600", "900"])
     assert [learning_rate(e, args) for e in (599, 600, 900)] == pytest.approx([0.06, 0.006, 0.0006])
+    # bit for bit as upstream's adjust_learning_rate: lr *= 0.1 once per milestone passed
+    args = build_parser().parse_args(["--no-cos", "--schedule", "10", "20", "30"])
+    for epoch in (5, 10, 20, 30):
+        lr = args.lr
+        for milestone in args.schedule:
+            lr *= 0.1 if epoch >= milestone else 1.
+        assert learning_rate(epoch, args) == lr
 
 
 def test_defaults_are_the_published_configuration():
@@ -214,3 +224,30 @@ def test_model_base_stem_and_feature_dim():
     assert isinstance(enc.net[1], SplitBatchNorm) and enc.net[1].num_splits == 8
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in enc.modules())
     assert enc.net[:-1](torch.randn(8, 3, 32, 32)).shape == (8, 512)
+
+
+@pytest.mark.parametrize("bad", [["--bn-splits", "0"], ["--moco-k", "0"], ["--moco-k", "-16"], ["--lr", "-1"],
+                                 ["--image-size", "0"], ["--knn-k", "0"], ["--moco-t", "0"], ["--moco-dim", "0"],
+                                 ["--knn-t", "0"]])
+def test_nonsense_sizes_are_one_clear_error(bad):
+    with pytest.raises(CLIError):
+        check_args(build_parser().parse_args(["--batch-size", "8", "--bn-splits", "2", "--moco-k", "16"] + bad))
+
+
+def test_help_text_is_true_for_each_entry_point():
+    for dataset, tag in (("cifar10", "C10"), ("cifar100", "C100")):
+        text = " ".join(build_parser(dataset).format_help().split())
+        assert f"_{tag} " in text and "(default: 512)" in text and f"(default: {dataset})" in text
+        assert "asymmetric loss (the 'w/ asymmetric' rows) (default" not in text
+        assert "the baseline rows) (default" not in text
+
+
+def test_imagefolder_val_classes_must_match_train(tmp_path):
+    from fakedata import make_image_folder
+    make_image_folder(tmp_path, classes=3, per_class=2, size=8)
+    for f in (tmp_path / "val" / "class_1").iterdir():
+        f.unlink()
+    (tmp_path / "val" / "class_1").rmdir()  # val holds class_0 and class_2: ImageFolder would number them 0, 1
+    args = build_parser().parse_args(["--dataset", "imagefolder", "--data", str(tmp_path), "--image-size", "8"])
+    with pytest.raises(CLIError, match="class"):
+        build_datasets(args)

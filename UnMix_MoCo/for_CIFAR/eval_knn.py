@@ -61,6 +61,8 @@ def encoder_from_checkpoint(ckpt, arch, path="checkpoint"):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or args.knn_k < 1 or args.knn_t <= 0 or args.linear_epochs < 0:
+        raise CLIError("--batch-size and --knn-k must be at least 1, --knn-t positive, --linear-epochs >= 0")
     seed_everything(args.seed)
     ckpt = load_checkpoint(args.checkpoint)
     recorded = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}

@@ -42,6 +42,7 @@ CHECKPOINT = "model_last.pth"
 # ----------------------------------------------------------------------------------------------------------
 def build_parser(dataset="cifar10"):
     tag = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(dataset, dataset)
+    dir_tag = {"cifar10": "C10", "cifar100": "C100"}.get(dataset, "ImageFolder")
     p = argparse.ArgumentParser(description=f"Train MoCo + Un-Mix on {tag}", formatter_class=HelpFormatter)
     # upstream's options; defaults = the values of the published runs
     p.add_argument("-a", "--arch", default="resnet18", help="torchvision ResNet (CIFAR stem is applied)")
@@ -52,7 +53,7 @@ def build_parser(dataset="cifar10"):
                    help="step milestones (x0.1 each), used only with --no-cos")
     p.add_argument("--cos", default=True, action=argparse.BooleanOptionalAction,
                    help="cosine learning rate schedule (per epoch)")
-    p.add_argument("--batch-size", default=512, type=int)
+    p.add_argument("--batch-size", default=512, type=int, help="mini-batch size")
     p.add_argument("--wd", default=5e-4, type=float, help="weight decay")
     p.add_argument("--moco-dim", default=128, type=int, help="feature dimension")
     p.add_argument("--moco-k", default=4096, type=int, help="queue size; number of negative keys")
@@ -73,15 +74,16 @@ def build_parser(dataset="cifar10"):
     p.add_argument("--resume", default="", type=str, metavar="PATH",
                    help="path to a model_last.pth to continue from (exactly, for our checkpoints)")
     p.add_argument("--results-dir", default="", type=str, metavar="DIR",
-                   help="output folder; default ./UnMix_{symmetric|asymmetric}_C10 (MoCo_... with --no-unmix), "
-                        "or the resumed checkpoint's folder")
+                   help=f"output folder; default ./UnMix_{{symmetric|asymmetric}}_{dir_tag} (MoCo_... with "
+                        "--no-unmix; the suffix follows --dataset), or the resumed checkpoint's folder")
     # additions
     p.add_argument("--no-unmix", dest="unmix", action="store_false",
                    help="plain MoCo without Un-Mix (the baseline rows)")
     p.add_argument("--two-pass", action="store_true",
                    help="symmetric Un-Mix as upstream: encode the mixture twice (same loss and gradients as the "
                         "default single encoding; BatchNorm running statistics then match upstream too)")
-    p.add_argument("--dataset", default=dataset, choices=["cifar10", "cifar100", "imagefolder"])
+    p.add_argument("--dataset", default=dataset, choices=["cifar10", "cifar100", "imagefolder"],
+                   help="training data (imagefolder: normalised with the ImageNet statistics)")
     p.add_argument("--data", default="data", metavar="DIR",
                    help="dataset root: CIFAR is downloaded here when missing; for imagefolder, DIR/train and "
                         "DIR/val hold class folders")
@@ -124,7 +126,11 @@ def build_datasets(args):
     train_t, test_t = build_transforms(args)
     if args.dataset == "imagefolder":
         make = lambda split, t: D.image_folder(D.split_dir(args.data, split), t)  # noqa: E731
-        return make("train", D.TwoCrops(train_t)), make("train", test_t), make("val", test_t)
+        train, memory, test = make("train", D.TwoCrops(train_t)), make("train", test_t), make("val", test_t)
+        if test.classes != memory.classes:  # ImageFolder numbers classes per folder: labels would not agree
+            raise CLIError(f"{D.split_dir(args.data, 'val')} and {D.split_dir(args.data, 'train')} must hold the same "
+                           f"class folders ({len(test.classes)} vs {len(memory.classes)})")
+        return train, memory, test
     make = lambda train, t: D.cifar(args.dataset, args.data, train, t)  # noqa: E731
     return make(True, D.TwoCrops(train_t)), make(True, test_t), make(False, test_t)
 
@@ -265,9 +271,12 @@ class ModelMoCo(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 def learning_rate(epoch, args):
     """Per-epoch learning rate, ``epoch`` 1-based as upstream (the last epoch of a cosine run gets 0)."""
+    lr = args.lr
     if args.cos:
-        return args.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
-    return args.lr * 0.1 ** sum(epoch >= milestone for milestone in args.schedule)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
+    for milestone in args.schedule:  # upstream's loop: 0.1 ** n can differ from n multiplications in the last bit
+        lr *= 0.1 if epoch >= milestone else 1.0
+    return lr
 
 
 def train_epoch(model, loader, optimizer, scaler, epoch, args, device):
@@ -298,9 +307,15 @@ def amp_dtype(device):
 
 
 def check_args(args):
+    for name in ("bn_splits", "moco_k", "moco_dim", "image_size", "knn_k"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lr < 0 or args.moco_t <= 0 or args.knn_t <= 0:
+        raise CLIError("--lr must be non-negative, --moco-t and --knn-t positive")
     keys_per_step = args.batch_size * (2 if args.symmetric else 1)
     if args.batch_size < 2 or args.batch_size % args.bn_splits:
-        raise CLIError(f"--batch-size {args.batch_size} must be divisible by --bn-splits {args.bn_splits}")
+        raise CLIError(f"--batch-size {args.batch_size} must be at least 2 and divisible by "
+                       f"--bn-splits {args.bn_splits}")
     if args.moco_k % keys_per_step:
         raise CLIError(f"--moco-k {args.moco_k} must be a multiple of the {keys_per_step} keys enqueued per step "
                        f"(batch size {args.batch_size}{' x 2 directions' if args.symmetric else ''})")
@@ -351,6 +366,9 @@ def main(dataset="cifar10", argv=None):
         if state is None:
             raise CLIError(f"{args.resume} has no 'state_dict': not a model_last.pth of this script")
         check_compatible(model, state, what=f"checkpoint {args.resume}")
+        if not {"epoch", "optimizer"} <= set(ckpt):
+            raise CLIError(f"{args.resume} holds weights but no 'epoch' and 'optimizer' state to resume from "
+                           "(evaluate it with eval_knn.py instead)")
         model.load_state_dict(state)
         optimizer.load_state_dict(ckpt["optimizer"])
         if "scaler" in ckpt:
