@@ -44,7 +44,7 @@ def test_c10_run_writes_upstream_outputs(c10_run):
 
 def test_eval_reads_checkpoint(c10_run, tmp_path):
     out, _ = c10_run
-    res = tmp_path / "eval.json"
+    res = tmp_path / "new_folder" / "eval.json"  # a folder that does not exist yet
     p = run_script([EVAL, out / "model_last.pth", "--linear-epochs", "3", "--workers", "0", "--output", res])
     assert "kNN" in p.stdout and "linear probe" in p.stdout
     import json

@@ -89,6 +89,7 @@ def main(argv=None):
             train_f, train_y, test_f, test_y, len(memory_data.classes), epochs=args.linear_epochs, seed=args.seed)
         print(f"linear probe ({args.linear_epochs} epochs) top-1: {results['linear_top1']:.2f}%")
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(results, indent=2))
     return results
 
