@@ -160,3 +160,17 @@ def test_eval_nonsense_options_are_one_clear_error(tmp_path, bad):
 def test_bench_refuses_batch_not_divisible_by_bn_splits():
     p = run_script(["bench/bench_moco_cifar.py", "--batch-size", "12", "--bn-splits", "8"], check=False)
     assert_clean_error(p, "divisible")
+
+
+def test_resume_with_amp_of_a_run_started_without_it(cifar10_root, tmp_path, monkeypatch):
+    """A run saved with a disabled GradScaler ({} state) resumed with --amp on CUDA: the empty scaler state is
+    skipped (GradScaler.load_state_dict refuses it). CUDA's enabled scaler is stood in for by a CPU one."""
+    sys.path.insert(0, str(ROOT / "UnMix_MoCo" / "for_CIFAR"))
+    import unmix_cifar
+    out = tmp_path / "run"
+    argv = ["--data", str(cifar10_root), "--results-dir", str(out), *TINY]
+    unmix_cifar.main("cifar10", argv + ["--epochs", "1"])
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: real("cpu", enabled=True))
+    unmix_cifar.main("cifar10", ["--resume", str(out / "model_last.pth"), "--epochs", "2", "--amp"] + argv)
+    assert torch.load(out / "model_last.pth", weights_only=True)["epoch"] == 2

@@ -371,7 +371,7 @@ def main(dataset="cifar10", argv=None):
                            "(evaluate it with eval_knn.py instead)")
         model.load_state_dict(state)
         optimizer.load_state_dict(ckpt["optimizer"])
-        if "scaler" in ckpt:
+        if ckpt.get("scaler"):  # {} from a run without --amp (or on the CPU): nothing to restore
             scaler.load_state_dict(ckpt["scaler"])
         epoch_start = ckpt["epoch"] + 1
         log_rows = ckpt.get("log", [])
