@@ -247,7 +247,7 @@ def main(argv=None):
         if "optimizer" not in ckpt:
             raise CLIError(f"{args.resume} has no optimizer state: only model_last.pth files can be resumed")
         optimizer.load_state_dict(ckpt["optimizer"])
-        if "scaler" in ckpt:
+        if ckpt.get("scaler"):  # {} from a run without --amp (or on the CPU): nothing to restore
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch = ckpt["epoch"]  # finished epochs
         step = ckpt.get("step", start_epoch * len(train_loader))
