@@ -92,6 +92,17 @@ def test_hub_checkpoint_argument_and_wrong_kind(tmp_path):
 
 
 # --- converter ---------------------------------------------------------------------------------------------
+def assert_same_trunk(tv, state, reference, size=32, n=2):
+    """``state`` loads into the torchvision model ``tv`` with only fc missing, and the trunk's features
+    equal ``reference`` (the original model's backbone, eval-mode BatchNorm)."""
+    missing, unexpected = tv.load_state_dict(state, strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and unexpected == []
+    tv.fc = torch.nn.Identity()
+    x = torch.randn(n, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(tv.eval()(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
 def test_convert_moco_cifar_loads_into_torchvision_resnet18_and_gives_same_features(tmp_path):
     unmix_cifar = _import_from("UnMix_MoCo/for_CIFAR", "unmix_cifar")
     moco = _randomise(unmix_cifar.ModelMoCo())
@@ -103,13 +114,8 @@ def test_convert_moco_cifar_loads_into_torchvision_resnet18_and_gives_same_featu
     tv = torchvision.models.resnet18(num_classes=10)
     tv.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the documented CIFAR stem
     tv.maxpool = torch.nn.Identity()
-    missing, unexpected = tv.load_state_dict(sd, strict=False)
-    assert set(missing) == {"fc.weight", "fc.bias"} and unexpected == []
-    # same trunk: torchvision features == the MoCo encoder_q up to its Flatten (eval-mode BatchNorm)
-    tv.fc = torch.nn.Identity()
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(tv.eval()(x), moco.encoder_q.net[:9](x), rtol=1e-4, atol=1e-5)
+    # same trunk: torchvision features == the MoCo encoder_q up to its Flatten
+    assert_same_trunk(tv, sd, moco.encoder_q.net[:9], n=4)
     # refuses to overwrite, and one clear line for a file that is no checkpoint
     assert_clean_error(run_script([SCRIPT, src, dst], check=False), "exists")
     html = tmp_path / "page.pth"
@@ -125,12 +131,7 @@ def test_convert_swav_cifar_matches_swav_backbone_with_padding_2(tmp_path):
     torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in swav.state_dict().items()}}, src)
     conv.main([str(src), str(dst)])
     tv = conv.build_torchvision("swav_cifar")
-    missing, unexpected = tv.load_state_dict(torch.load(dst, weights_only=True), strict=False)
-    assert set(missing) == {"fc.weight", "fc.bias"} and unexpected == []
-    tv.fc = torch.nn.Identity()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(tv.eval()(x), swav.forward_backbone(x), rtol=1e-4, atol=1e-5)
+    assert_same_trunk(tv, torch.load(dst, weights_only=True), swav.forward_backbone)
 
 
 def test_convert_moco_imagenet_and_simclr_byol(tmp_path):
@@ -153,12 +154,7 @@ def test_convert_moco_imagenet_and_simclr_byol(tmp_path):
     out, kind, variant = conv.convert_state_dict(byol.state_dict())
     assert (kind, variant) == ("simclr_byol", "byol-resnet18")
     tv = conv.build_torchvision(kind, variant)
-    missing, unexpected = tv.load_state_dict(out, strict=False)
-    assert set(missing) == {"fc.weight", "fc.bias"} and unexpected == []
-    tv.fc = torch.nn.Identity()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(tv.eval()(x), byol.model(x), rtol=1e-4, atol=1e-5)
+    assert_same_trunk(tv, out, byol.model)
 
 
 def test_convert_simclr_byol_prints_the_right_arch_and_maxpool(tmp_path):
@@ -177,12 +173,7 @@ def test_convert_simclr_byol_prints_the_right_arch_and_maxpool(tmp_path):
     p = run_script([SCRIPT, src, tmp_path / "tv_if.pth"])
     assert "maxpool kept" in p.stdout and "maxpool = Identity()" not in p.stdout, p.stdout
     tv = conv.build_torchvision("simclr_byol", "byol-resnet18", maxpool=True)
-    missing, unexpected = tv.load_state_dict(torch.load(tmp_path / "tv_if.pth"), strict=False)
-    assert set(missing) == {"fc.weight", "fc.bias"} and unexpected == []
-    tv.fc = torch.nn.Identity()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(tv.eval()(x), byol.model(x), rtol=1e-4, atol=1e-5)
+    assert_same_trunk(tv, torch.load(tmp_path / "tv_if.pth"), byol.model)
 
     torch.save(byol.state_dict(), tmp_path / "byol_imagefolder_99.pt")  # htdt's bare state_dict: unknown
     p = run_script([SCRIPT, tmp_path / "byol_imagefolder_99.pt", tmp_path / "tv_htdt.pth"])
