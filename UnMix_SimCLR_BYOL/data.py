@@ -43,7 +43,7 @@ def eval_sets(dataset, root, size):
     """(clf, test): training images and test images (``root/val`` for an ImageFolder), no augmentation."""
     t = eval_transform(dataset, size)
     if dataset == "imagefolder":
-        return D.image_folder(D.split_dir(root, "train"), t), D.image_folder(D.split_dir(root, "val"), t)
+        return D.train_val_folders(root, t, t)
     return D.cifar(dataset, root, True, t), D.cifar(dataset, root, False, t)
 
 

@@ -98,6 +98,21 @@ def split_dir(root, split):
     return os.path.join(root, split)
 
 
+def train_val_folders(root, train_transform=None, val_transform=None, train_cls=None):
+    """``ImageFolder(root/train)`` and ``ImageFolder(root/val)``, refusing different class folders.
+
+    ImageFolder numbers classes by the sorted folder names of each split, so a class missing from one
+    split would silently shift every label after it. ``train_cls(path, transform)`` builds the training
+    set instead of ``image_folder`` (e.g. a labelled subset).
+    """
+    train = (train_cls or image_folder)(split_dir(root, "train"), train_transform)
+    val = image_folder(split_dir(root, "val"), val_transform)
+    if list(train.classes) != list(val.classes):
+        raise CLIError(f"{split_dir(root, 'train')} and {split_dir(root, 'val')} must hold the same class folders "
+                       f"({len(train.classes)} vs {len(val.classes)})")
+    return train, val
+
+
 class TwoCrops:
     """Two independent augmentations of one image (MoCo's ``TwoCropsTransform``)."""
 

@@ -159,3 +159,16 @@ def test_image_folder_with_an_empty_class_is_one_clear_error(tmp_path):
     (root / "train" / "class_empty").mkdir()
     with pytest.raises(CLIError, match="class_empty"):
         image_folder(root / "train")
+
+
+def test_train_val_folders_refuse_different_classes(tmp_path):
+    from common.data import train_val_folders
+    from fakedata import make_image_folder
+    make_image_folder(tmp_path, classes=3, per_class=1, size=8)
+    train, val = train_val_folders(tmp_path)
+    assert train.classes == val.classes == ["class_0", "class_1", "class_2"]
+    for f in (tmp_path / "val" / "class_1").iterdir():
+        f.unlink()
+    (tmp_path / "val" / "class_1").rmdir()  # val's class_2 would be numbered 1
+    with pytest.raises(CLIError, match="same class folders"):
+        train_val_folders(tmp_path)

@@ -125,12 +125,8 @@ def build_datasets(args):
     """(pairs for training, training set for the kNN bank, test set), each with its transform."""
     train_t, test_t = build_transforms(args)
     if args.dataset == "imagefolder":
-        make = lambda split, t: D.image_folder(D.split_dir(args.data, split), t)  # noqa: E731
-        train, memory, test = make("train", D.TwoCrops(train_t)), make("train", test_t), make("val", test_t)
-        if test.classes != memory.classes:  # ImageFolder numbers classes per folder: labels would not agree
-            raise CLIError(f"{D.split_dir(args.data, 'val')} and {D.split_dir(args.data, 'train')} must hold the same "
-                           f"class folders ({len(test.classes)} vs {len(memory.classes)})")
-        return train, memory, test
+        memory, test = D.train_val_folders(args.data, test_t, test_t)
+        return D.image_folder(D.split_dir(args.data, "train"), D.TwoCrops(train_t)), memory, test
     make = lambda train, t: D.cifar(args.dataset, args.data, train, t)  # noqa: E731
     return make(True, D.TwoCrops(train_t)), make(True, test_t), make(False, test_t)
 

@@ -33,7 +33,7 @@ from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic, strip_prefix  # noqa: E402
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
-from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, image_folder, split_dir  # noqa: E402
+from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
 from common.dist import barrier, cleanup, is_dist  # noqa: E402
 from common.logs import write_csv  # noqa: E402
 from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
@@ -179,10 +179,11 @@ def main_worker(local_index, args, plan):
 
     # data
     normalize = T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    train_set = image_folder(split_dir(args.data, "train"), T.Compose([
-        T.RandomResizedCrop(args.crop_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize]))
-    val_set = image_folder(split_dir(args.data, "val"), T.Compose([
-        T.Resize(round(args.crop_size * 256 / 224)), T.CenterCrop(args.crop_size), T.ToTensor(), normalize]))
+    train_set, val_set = train_val_folders(
+        args.data,
+        T.Compose([T.RandomResizedCrop(args.crop_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize]),
+        T.Compose([T.Resize(round(args.crop_size * 256 / 224)), T.CenterCrop(args.crop_size), T.ToTensor(),
+                   normalize]))
     batch_size, workers = per_process(args.batch_size, plan), worker_count(per_process_workers(args.workers, plan))
     sampler = DistributedSampler(train_set) if is_dist() else None
     pin = device.type == "cuda"

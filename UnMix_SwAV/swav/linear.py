@@ -31,7 +31,7 @@ from torch.utils.data.distributed import DistributedSampler
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state)
 from common.cli import CLIError, HelpFormatter, add_local_rank_arg, bool_flag, prepare_output_dir
-from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, image_folder
+from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
 from common.dist import barrier, cleanup, init_distributed, launcher_env
 from common.logs import write_csv
 from common.utils import AverageMeter, accuracy, seed_everything, worker_count
@@ -160,12 +160,7 @@ def imagenet_datasets(data_path, train_tf, val_tf, train_cls=None):
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(data_path, split)):
             raise CLIError(f"--data_path {data_path} has no {split}/ folder (expected {data_path}/{split}/<class>/<image>)")
-    train = (train_cls or image_folder)(os.path.join(data_path, "train"), train_tf)
-    val = image_folder(os.path.join(data_path, "val"), val_tf)
-    if list(val.classes) != list(train.classes):
-        raise CLIError(f"{data_path}/train and {data_path}/val have different class folders "
-                       f"({len(train.classes)} vs {len(val.classes)})")
-    return train, val
+    return train_val_folders(data_path, train_tf, val_tf, train_cls)
 
 
 def load_backbone(model, path, what="pretrained weights", allow_missing=()):
