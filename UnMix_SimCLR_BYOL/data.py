@@ -1,4 +1,4 @@
-"""htdt's data protocol (simclr_byol.md §1.5): augmentation, normalisation and the train / clf / test splits.
+"""htdt's data protocol (docs/faithfulness.md): augmentation, normalisation and the train / clf / test splits.
 
 train: two independent augmentations of each image; clf: the training images without augmentation (the
 kNN bank and the linear probe's training set); test: the test images without augmentation.

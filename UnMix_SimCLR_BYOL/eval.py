@@ -1,4 +1,4 @@
-"""Evaluate a SimCLR / BYOL checkpoint on frozen 512-d encoder features (htdt's protocol, simclr_byol.md §1.9):
+"""Evaluate a SimCLR / BYOL checkpoint on frozen 512-d encoder features (htdt's protocol):
 
 * kNN, k = 5: Euclidean distance on the raw features, unweighted majority vote (ties -> smallest label);
 * kNN, k = 200, cosine similarity weighted by exp(sim / 0.1): the MoCo CIFAR demo's monitor (common.knn);

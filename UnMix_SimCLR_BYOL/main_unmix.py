@@ -3,7 +3,7 @@
 The Un-Mix authors never released this code. Their SimCLR/BYOL runs were built on htdt/self-supervised
 (the W-MSE codebase): the defaults here are that code's CIFAR commands (``--epoch 1000 --lr 3e-3 --emb 64``)
 with the Un-Mix recipe the maintainer gave for SimCLR (Un-Mix issue #5: β = 1, P = 0.5, two images per
-mixture). Reference: simclr_byol.md. Run layout as the MoCo CIFAR demo: ``args.json``, ``model_last.pth``
+mixture). Choices and departures: docs/faithfulness.md. Run layout as the MoCo CIFAR demo: ``args.json``, ``model_last.pth``
 (state + RNG + log rows, every epoch), ``log.csv`` and ``curves.png``; plus htdt's snapshot
 ``{contrastive|byol}_{dataset}_{ep}.pt`` (a bare state_dict, htdt's key names, 0-based ``ep``) every
 ``--save-every`` epochs.
@@ -40,7 +40,7 @@ HTDT_NAME = {"simclr": "contrastive", "byol": "byol"}  # htdt's --method names, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Arguments (defaults = htdt's CIFAR commands, simclr_byol.md §1.2-1.3)
+# Arguments (defaults = htdt's CIFAR commands)
 # ----------------------------------------------------------------------------------------------------------
 def build_parser():
     p = argparse.ArgumentParser(description="Train SimCLR or BYOL (+ Un-Mix) with htdt's CIFAR protocol",
@@ -76,7 +76,7 @@ def build_parser():
     p.add_argument("--separate-passes", action="store_true",
                    help="compute each Un-Mix term with its own forward passes, as the authors' snippet (same "
                         "loss and gradients as the default shared passes; BN running statistics then match it)")
-    # evaluation (simclr_byol.md §1.9)
+    # evaluation (htdt's protocol)
     p.add_argument("--eval-every", default=20, type=int, help="evaluate every N epochs (and after the last)")
     p.add_argument("--eval-every-drop", default=5, type=int, help="evaluation period from the first lr drop on")
     add_eval_args(p)
@@ -118,7 +118,7 @@ def check_args(args):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Schedules (simclr_byol.md §1.4)
+# Schedules (htdt's)
 # ----------------------------------------------------------------------------------------------------------
 def learning_rate(step, epoch, iters, args):
     """htdt's lr at global iteration ``step`` of 0-based ``epoch`` (``iters`` per epoch).

@@ -1,5 +1,5 @@
 """SimCLR and BYOL with Un-Mix, on the protocol of htdt/self-supervised (the W-MSE code the Un-Mix authors
-acknowledge and built their SimCLR/BYOL runs on; reference: simclr_byol.md §1.6-1.8, §2.2-2.3).
+acknowledge and built their SimCLR/BYOL runs on; see docs/faithfulness.md).
 
 Small flat classes in the spirit of solo-learn's methods: each owns its networks and returns its loss.
 ``state_dict`` keys are htdt's, so an htdt checkpoint loads with ``strict=True`` and ours load into htdt's
@@ -109,7 +109,7 @@ class SimCLR(nn.Module):
         return sum(nt_xent(z[i], z[j], self.tau) for i, j in pairs) / len(pairs)
 
     def training_loss(self, x0, x1, mixed=None, lam=None, separate_passes=False):
-        """Returns ``(loss, base_loss)``. With a mixture of ``x0`` (Un-Mix, §2.2, the authors' snippet):
+        """Returns ``(loss, base_loss)``. With a mixture of ``x0`` (Un-Mix, the authors' snippet):
 
         ``base + lam * L([x1, mixed]) + (1 - lam) * L([x1, mixed.flip(0)])``.
 
@@ -173,7 +173,7 @@ class BYOL(nn.Module):
         return sum(norm_mse(p[i], t[j]) + norm_mse(p[j], t[i]) for i, j in pairs) / len(pairs)
 
     def training_loss(self, x0, x1, mixed=None, lam=None, separate_passes=False):
-        """Returns ``(loss, base_loss)``. Un-Mix for BYOL, which the authors never specified (§2.3):
+        """Returns ``(loss, base_loss)``. Un-Mix for BYOL, which the authors never specified (docs/faithfulness.md):
 
         ``online`` (default, as the issue decided): the mixture goes through the online network with the
         predictor; its target is the target network's embedding of the clean other view x1:

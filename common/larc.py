@@ -1,7 +1,7 @@
 """LARC (layer-wise adaptive rate control) with the exact semantics of NVIDIA apex's ``apex.parallel.LARC``.
 
 apex is no longer installable (``apex.parallel`` was removed in 2025 and the PyPI ``apex`` is another
-project), so SwAV's optimiser is written here (reference: upstream_imagenet.md §3.1). For every param
+project), so SwAV's optimiser is written here (docs/faithfulness.md, SwAV pretraining). For every param
 group, ``step()``:
 
 1. reads the group's ``weight_decay`` (wd) and sets it to 0 for the inner step;

@@ -1,6 +1,6 @@
 """Un-Mix batch mixing: each sample i is mixed with sample N-1-i of the same batch.
 
-The draw order follows upstream exactly (reference: upstream_cifar.md §1.8, upstream_imagenet.md §1.5):
+The draw order follows upstream exactly (docs/faithfulness.md, "The Un-Mix mixing"):
 ``rand(1)`` (global vs region), ``beta(β, β)`` (λ), then, in the region branch only, ``randint`` for the
 box centre on dim 2 and then on dim 3. By default every draw comes from NumPy's *global* legacy RNG, as
 upstream, so ``np.random.seed(s)`` replays upstream's λ and boxes. Pass a ``np.random.RandomState`` as

@@ -1,4 +1,4 @@
-"""common.larc.LARC against apex's LARC formula on hand-made tensors (upstream_imagenet.md §3.1)."""
+"""common.larc.LARC against apex's LARC formula on hand-made tensors."""
 import math
 
 import pytest

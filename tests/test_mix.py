@@ -1,4 +1,4 @@
-"""common/mix.py against the reference's formulas and RNG test vectors (upstream_imagenet.md Part 6)."""
+"""common/mix.py against the reference's formulas and RNG test vectors (draws recorded from upstream's code)."""
 import numpy as np
 import pytest
 import torch
@@ -11,7 +11,7 @@ def batch(n=4, c=3, h=224, w=224, seed=0):
     return torch.randn(n, c, h, w, generator=g)
 
 
-# MoCo-style vectors: np.random.seed(0), one 224 batch, prob 0.5, beta 1 (reference Part 6).
+# MoCo-style vectors: np.random.seed(0), one 224 batch, prob 0.5, beta 1 (draws recorded from upstream).
 MOCO_VECTORS = [  # (region?, beta draw, box or None, lambda used)
     (True, 0.562583, (0, 0, 95, 110), 0.791733),
     (False, 0.172187, None, 0.172187),

@@ -59,7 +59,7 @@ def test_split_bn_eval_is_plain_bn_and_grads_sum_over_splits():
 
 # ---------------------------------------------------------------------------------------------------- layout
 def layout_spec():
-    """The released model_last.pth layout (upstream_cifar.md §1.4.4), written out independently."""
+    """The released model_last.pth layout (upstream's), written out independently."""
     enc = {"net.0.weight": (64, 3, 3, 3)}
     bn = lambda p, c: {f"{p}.{n}": ((c,) if n != "num_batches_tracked" else ())  # noqa: E731
                        for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}

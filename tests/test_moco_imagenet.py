@@ -40,7 +40,7 @@ def released_checkpoint(path, arch="resnet18", mlp=True, dim=16, K=32, seed=0):
     return net
 
 
-# ---------------------------------------------------------------- model layout (reference §1.4, Part 7.1)
+# ---------------------------------------------------------------- model layout (upstream's, docs/faithfulness.md)
 
 def test_state_dict_layout_resnet50_mlp_matches_upstream_table():
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def test_state_dict_layout_resnet50_mlp_matches_upstream_table():
     k_ = [k[len("module.encoder_k."):] for k in keys if k.startswith("module.encoder_k.")]
     assert q == k_ and len(keys) == 2 + 2 * len(q)
     assert keys.index("module.encoder_k.conv1.weight") > keys.index("module.encoder_q.fc.2.bias")
-    # the optimizer sees every q and k tensor, in order: 163 + 163 for ResNet-50 + MLP (reference §1.2)
+    # the optimizer sees every q and k tensor, in order: 163 + 163 for ResNet-50 + MLP (upstream's order)
     params = list(net.parameters())
     assert len(params) == 326 and sum(p.requires_grad for p in params) == 163
     for pq, pk in zip(net.encoder_q.parameters(), net.encoder_k.parameters()):
@@ -71,7 +71,7 @@ def test_state_dict_layout_resnet50_mlp_matches_upstream_table():
     assert plain.state_dict()["encoder_q.fc.weight"].shape == (128, 2048)
 
 
-# ---------------------------------------------------------------- mixing RNG (reference Part 6)
+# ---------------------------------------------------------------- mixing RNG (draws recorded from upstream)
 
 class Recorder(nn.Module):
     """Stands in for the model: records what the training step feeds it."""
@@ -85,7 +85,7 @@ class Recorder(nn.Module):
 
 
 def test_training_step_mixing_reproduces_reference_rng_vectors():
-    """MoCo-style vectors: np.random.seed(0), one 224 batch, unmix_prob 0.5 (upstream_imagenet.md Part 6)."""
+    """MoCo-style vectors: np.random.seed(0), one 224 batch, unmix_prob 0.5 (upstream's recorded draws)."""
     x = torch.stack([torch.zeros(3, 224, 224), torch.ones(3, 224, 224)])  # sample 0 = 0, its reverse = 1
     args = Namespace(no_unmix=False, unmix_prob=0.5, beta=1.0)
     expected = [("region", 0.791733, (0, 0, 95, 110)), ("global", 0.172187, None),
@@ -120,7 +120,7 @@ def test_plain_moco_switch_draws_nothing_and_uses_clean_loss_only():
     assert loss.item() == pytest.approx(math.log(3))  # zero logits over 3 classes
 
 
-# ---------------------------------------------------------------- the Un-Mix loss (reference §1.4-1.5)
+# ---------------------------------------------------------------- the Un-Mix loss (upstream's step)
 
 def _straightforward_loss(ref, im_q, im_k, mixed, lam, m, T):
     """The objective written out plainly: the reverse mixture is *encoded* (not a flip of features),
@@ -193,7 +193,7 @@ def test_learning_rate_schedules_match_hand_values():
         pytest.approx([30, 30, 3, 3, 0.3, 0.3])
 
 
-# ---------------------------------------------------------------- linear classification (reference §1.8)
+# ---------------------------------------------------------------- linear classification (upstream main_lincls.py)
 
 def test_lincls_loading_requires_exactly_fc_missing(tmp_path):
     net = released_checkpoint(tmp_path / "moco.pth.tar")
@@ -360,7 +360,7 @@ def test_slurm_and_torchrun_environments_are_planned_per_process(monkeypatch):
     assert (plan.mode, plan.world, plan.procs_per_node, plan.dist_url) == ("launcher", 4, 2, "env://")
 
 
-# ---------------------------------------------------------------- detection converter (reference §1.9)
+# ---------------------------------------------------------------- detection converter (upstream's key renaming)
 
 def detectron2_r50_c4_shapes():
     """detectron2's ResNet-50 parameter names and shapes, from its architecture (stem + res2..res5 of

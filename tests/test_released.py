@@ -66,7 +66,7 @@ def test_resnet_shapes_agree_with_torchvision():
 
 def test_moco_cifar_spec_matches_reference_table():
     spec = layouts.moco_cifar_spec(128, 4096)
-    # upstream_cifar.md §1.4.4: 246 entries, queue and queue_ptr first, then 122 q keys and 122 k keys
+    # upstream: 246 entries, queue and queue_ptr first, then 122 q keys and 122 k keys
     assert len(spec) == 246
     assert list(spec)[:2] == ["queue", "queue_ptr"] and spec["queue"] == (128, 4096)
     q = [k for k in spec if k.startswith("encoder_q.")]
@@ -83,7 +83,7 @@ def test_moco_cifar_spec_matches_reference_table():
 
 def test_swav_cifar_spec_matches_reference():
     spec = layouts.swav_spec("resnet18")
-    assert len(spec) == 184  # upstream_cifar.md §2.6
+    assert len(spec) == 184  # upstream's resnet18 pretraining layout
     assert all(k.startswith("module.") for k in spec)
     assert spec["module.layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
     assert spec["module.layer4.1.conv1.weight"] == (512, 2048, 1, 1)

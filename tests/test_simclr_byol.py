@@ -1,8 +1,8 @@
 """SimCLR / BYOL + Un-Mix (UnMix_SimCLR_BYOL): losses, Un-Mix composition, target network, schedules, eval.
 
-Facts checked against: the NT-Xent definition and a hand-computed case, BYOL's formulas (simclr_byol.md
-§1.7-1.8), htdt's key names (§1.6), htdt's schedule loop simulated with torch's MultiStepLR (§1.4), htdt's
-loop kNN (§1.9), and the Un-Mix objective written out term by term (§2.1-2.3).
+Facts checked against: the NT-Xent definition and a hand-computed case, BYOL's formulas,
+htdt's key names, htdt's schedule loop simulated with torch's MultiStepLR, htdt's
+loop kNN, and the Un-Mix objective written out term by term.
 """
 import argparse
 import math
@@ -91,7 +91,7 @@ def test_state_dict_uses_htdt_key_names():
 
 
 def htdt_layout(byol):
-    """htdt's module tree built from its description (simclr_byol.md §1.6-1.8), independently of our classes:
+    """htdt's module tree built from its description, independently of our classes:
     torchvision ResNet-18 with a 3x3 conv1, Identity max-pool and fc, wrapped in nn.DataParallel."""
     import torchvision
     from torch import nn

@@ -1,7 +1,7 @@
 """SwAV linear / semi-supervised evaluation entry points, run as a user would (subprocesses, tiny data).
 
-Independent facts: upstream's dump layout and checkpoint keys (upstream_cifar.md §2.11,
-upstream_imagenet.md §2.11/2.12), the eval normalisation constants written out here, and a plain
+Independent facts: upstream's dump layout and checkpoint keys (upstream's
+`eval_linear.py` / `eval_semisup.py`), the eval normalisation constants written out here, and a plain
 re-computation of the validation loss / top-1 from the files the run wrote.
 """
 import os

@@ -1,5 +1,5 @@
-"""The SwAV job scripts: published hyper-parameters (checked against upstream_cifar.md §2.13 and
-upstream_imagenet.md §2.15 by parsing the commands with the entry points' own parsers), the Slurm path
+"""The SwAV job scripts: published hyper-parameters (checked against upstream's job scripts
+by parsing the commands with the entry points' own parsers), the Slurm path
 (fake srun/scontrol), and one end-to-end ``bash script_unmix_c10.sh`` run on tiny data.
 """
 import os
@@ -39,7 +39,7 @@ def dry_run(script, **env):
     return steps
 
 
-# upstream_cifar.md §2.13
+# upstream's for_CIFAR scripts
 CIFAR_PRETRAIN = dict(arch="resnet18", epochs=400, base_lr=0.6, final_lr=0.0006, warmup_epochs=5, batch_size=128,
                       size_crops=[32], nmb_crops=[2], min_scale_crops=[0.14], max_scale_crops=[1.0], use_fp16=True,
                       run_swav=False, freeze_prototypes_niters=5005, nmb_prototypes=100, queue_length=120,
@@ -76,7 +76,7 @@ def test_cifar_script_overrides_from_the_environment():
     assert ev.resume is True and ev.lr == 0.1
 
 
-# upstream_imagenet.md §2.15: nodes, GPUs per node, bs, epochs, lr, final lr, warmup, start_warmup,
+# upstream's ImageNet sbatch scripts: nodes, GPUs per node, bs, epochs, lr, final lr, warmup, start_warmup,
 # nmb_crops, size_crops, min/max scale, queue, queue start, freeze iters, sync_bn, arch, hidden_mlp
 C8 = ([2, 6], [224, 96], [0.14, 0.05], [1.0, 0.14])
 IMAGENET = {

@@ -1,7 +1,7 @@
 """SwAV ResNets (UnMix_SwAV/swav/resnet.py) against upstream's documented layout and behaviour.
 
-Independent facts used: the state_dict table of upstream_cifar.md §2.6 (written out by hand below),
-the parameter counts measured on upstream's code (§2.5), torchvision's ResNet-50 (the ImageNet stem
+Independent facts used: upstream's state_dict table (written out by hand below),
+the parameter counts measured on upstream's code, torchvision's ResNet-50 (the ImageNet stem
 pads 1 + 2 = torchvision's 3), and plain re-computations of the grouped forward.
 """
 import math
@@ -16,7 +16,7 @@ from UnMix_SwAV.swav.resnet import Bottleneck, ResNet, build, resnet18, resnet50
 
 
 def upstream_cifar_resnet18_keys():
-    """§2.6: the 184 (name, shape) entries of a for_CIFAR resnet18 pretraining checkpoint, in order."""
+    """Upstream: the 184 (name, shape) entries of a for_CIFAR resnet18 pretraining checkpoint, in order."""
     def bn(prefix, c):
         return [(f"{prefix}.weight", (c,)), (f"{prefix}.bias", (c,)), (f"{prefix}.running_mean", (c,)),
                 (f"{prefix}.running_var", (c,)), (f"{prefix}.num_batches_tracked", ())]

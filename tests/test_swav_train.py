@@ -1,5 +1,5 @@
 """The two SwAV + Un-Mix pretraining entry points, run as a user would on tiny data: upstream's dump layout
-and checkpoint format (upstream_cifar.md §2.6/§2.10), 1- and 2-process (gloo) runs under
+and checkpoint format (upstream's), 1- and 2-process (gloo) runs under
 torch.distributed.launch and a simulated srun, an exact --resume, frozen + normalised prototypes, and
 one clear error line for bad input."""
 import pickle
@@ -66,7 +66,7 @@ def test_cifar_one_process_layout_keys_and_exact_resume(tiny_cifar, tmp_path):
     run_script(args + ["--dump_path", a])
     ckpt = _assert_layout(a, 1, queue=True)
     sd = ckpt["state_dict"]
-    # upstream_cifar.md §2.6: 184 entries for resnet18-Bottleneck + head, CIFAR stem, module. prefix
+    # upstream: 184 entries for resnet18-Bottleneck + head, CIFAR stem, module. prefix
     assert len(sd) == 184
     assert sd["module.conv1.weight"].shape == (64, 3, 3, 3)
     assert sd["module.layer4.0.downsample.0.weight"].shape == (2048, 1024, 1, 1)

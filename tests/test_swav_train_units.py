@@ -1,7 +1,7 @@
 """SwAV + Un-Mix pieces against independent facts: Sinkhorn marginals and dense re-computations (also
 across 2 gloo processes), the Un-Mix SwAV loss against the reference formula, the queue as upstream's
-three calls fill it, upstream's RNG test vectors, and the LR schedule (upstream_cifar.md §2.3-2.8,
-upstream_imagenet.md §2.3-2.5 and Part 6)."""
+three calls fill it, upstream's RNG test vectors, and the LR schedule (upstream's
+behaviour as docs/faithfulness.md describes it)."""
 import os
 
 import numpy as np

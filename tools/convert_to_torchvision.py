@@ -15,7 +15,7 @@ loads into the torchvision model below with only ``fc.weight``/``fc.bias`` missi
 | SimCLR / BYOL ``model_last.pth`` (``model.module.*``; the online encoder for BYOL) | ``resnet18()``/``resnet50()`` with the CIFAR conv1 above and ``maxpool = Identity()`` (a run on ``--dataset imagefolder`` keeps the maxpool, as htdt's Tiny ImageNet / STL-10 models) |
 
 Name mapping of the MoCo CIFAR demo (``ModelBase`` is a ``nn.Sequential`` rebuilt from torchvision's
-children, upstream_cifar.md §1.4.2): ``encoder_q.net.0`` -> ``conv1`` (3x3, stride 1), ``net.1`` -> ``bn1``,
+children, docs/faithfulness.md): ``encoder_q.net.0`` -> ``conv1`` (3x3, stride 1), ``net.1`` -> ``bn1``,
 ``net.3..6`` -> ``layer1..4``, ``net.9`` -> ``fc`` (the 128-d MoCo projection, dropped unless
 ``--keep-head``); ``net.2`` (ReLU), ``net.7`` (avgpool), ``net.8`` (Flatten) have no weights and the
 maxpool was removed, hence ``maxpool = Identity()``.

@@ -1,7 +1,7 @@
-"""Checkpoint layouts of every released artefact kind, as ``{key: shape}`` specs built from the reference.
+"""Checkpoint layouts of every released artefact kind, as ``{key: shape}`` specs of upstream's layouts.
 
-A spec is derived from the documented upstream layouts (upstream_cifar.md §1.4.4 and §2.6,
-upstream_imagenet.md §1.4 and §2.6), not from our model classes, so verification works before (and
+A spec is derived from the documented upstream layouts (docs/faithfulness.md,
+"Released checkpoints"), not from our model classes, so verification works before (and
 independently of) the model code. ``None`` in a shape is a wildcard (a head size a user may change).
 
 Kinds:
@@ -68,7 +68,7 @@ def _prefixed(sd, prefix):
 
 
 # MoCo CIFAR demo: ModelBase rebuilds the torchvision trunk as nn.Sequential, so the torchvision names map
-# to Sequential indices (upstream_cifar.md §1.4.2): conv1->net.0, bn1->net.1, layer1..4->net.3..6, fc->net.9
+# to Sequential indices (docs/faithfulness.md): conv1->net.0, bn1->net.1, layer1..4->net.3..6, fc->net.9
 MOCO_CIFAR_TO_TV = (("conv1.", "net.0."), ("bn1.", "net.1."), ("layer1.", "net.3."), ("layer2.", "net.4."),
                     ("layer3.", "net.5."), ("layer4.", "net.6."), ("fc.", "net.9."))
 

@@ -7,7 +7,7 @@
 
 Sources: the MoCo CIFAR demo table of the Un-Mix root README (24 Google Drive files: weights, log, args),
 the SwAV for_CIFAR README (Drive folders), the MoCo-v2 + Un-Mix ImageNet ResNet-50 (Drive file), and the
-vanilla MoCo / SwAV ImageNet checkpoints that the evaluation scripts also accept (upstream_imagenet.md §4.4).
+vanilla MoCo / SwAV ImageNet checkpoints that the evaluation scripts also accept (docs/faithfulness.md).
 Google Drive files AND folders are fetched with ``gdown``; the public HTTPS files with urllib.
 Nothing touches the network unless ``download`` is asked for.
 """

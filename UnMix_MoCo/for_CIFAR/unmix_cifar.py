@@ -1,6 +1,6 @@
 """MoCo + Un-Mix on CIFAR-10/100 (or any ImageFolder): the single-GPU demo of the paper.
 
-Faithful to the official ``unmix_c10.py`` / ``unmix_c100.py`` (reference: upstream_cifar.md Part 1),
+Faithful to the official ``unmix_c10.py`` / ``unmix_c100.py`` (what is kept, fixed and changed: docs/faithfulness.md),
 with a working command line whose defaults are the values the published runs used (upstream ignored its
 command line and forced 1000 epochs, cosine schedule and the symmetric loss in code).
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Linear classification on frozen MoCo / Un-Mix features (upstream ``main_lincls_unmix.py``, itself
-MoCo's ``main_lincls.py``; reference upstream_imagenet.md §1.8).
+MoCo's ``main_lincls.py``; see docs/faithfulness.md).
 
     python main_lincls_unmix.py -a resnet50 --lr 30.0 --batch-size 256 --pretrained checkpoint_0199.pth.tar \\
         --multiprocessing-distributed --world-size 1 --rank 0 --dist-url tcp://localhost:10001 IMAGENET

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""MoCo v1/v2 + Un-Mix pretraining on ImageNet (upstream ``main_moco_unmix.py``, reference
-upstream_imagenet.md §1.1-1.5, §1.7).
+"""MoCo v1/v2 + Un-Mix pretraining on ImageNet (upstream ``main_moco_unmix.py``; see
+docs/faithfulness.md, "MoCo v1/v2 + Un-Mix ImageNet pretraining").
 
 MoCo v2 + Un-Mix, as the published rows (8 GPUs, one node)::
 

@@ -1,6 +1,6 @@
 """The Un-Mix SwAV objective: building the mixed inputs, regrouping the outputs, the swapped-prediction
-loss with its queue, and the three-call composition (upstream_cifar.md §2.3, §2.7; upstream_imagenet.md
-§2.3, §2.4).
+loss with its queue, and the three-call composition (docs/faithfulness.md,
+SwAV pretraining).
 
 For one crop pair the model sees ``[view 1, view 2, mixture of view 1]``; the mixture then takes view 1's
 place, so it is paired with the OTHER view. With ``q`` the Sinkhorn codes, ``p = softmax(scores / T)`` and

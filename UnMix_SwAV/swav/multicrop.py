@@ -5,7 +5,7 @@ Each sample becomes ``sum(nmb_crops)`` crops; resolution group ``i`` uses
 flip, the colour distortion, ``ToTensor`` and ``Normalize``. The datasets return ``(crops, label)``; the
 training loop ignores the label (upstream's datasets returned the crops only).
 
-Differences between the two variants are upstream's (upstream_cifar.md §2.4, upstream_imagenet.md §2.8):
+Differences between the two variants are upstream's (docs/faithfulness.md, SwAV pretraining):
 
 ============== ================================= =========================================
                CIFAR                             ImageNet

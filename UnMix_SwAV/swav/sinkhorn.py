@@ -3,13 +3,13 @@
 Both take the prototype scores ``out`` [n, K] of this process (queue rows first, then the batch) and return
 codes [n, K] whose rows sum to 1; the sums over samples are all-reduced, so a multi-process run gives the
 single-process result on the concatenated batch. Both run in float32 whatever ``out``'s dtype: under fp16
-autocast, ``exp(out / 0.05)`` of fp16 scores would overflow to inf (upstream_imagenet.md §3.2).
+autocast, ``exp(out / 0.05)`` of fp16 scores would overflow to inf (docs/faithfulness.md).
 
-* :func:`sinkhorn_cifar`: Un-Mix ``for_CIFAR``, i.e. SwAV before April 2021 (upstream_cifar.md §2.8):
+* :func:`sinkhorn_cifar`: Un-Mix ``for_CIFAR``, i.e. SwAV before April 2021 (docs/faithfulness.md):
   optional global-max subtraction (``--improve_numerical_stability``), ``shoot_infs``, explicit marginals
   r = 1/K and c = 1/(world * n).
 * :func:`sinkhorn_imagenet`: Un-Mix ``for_ImageNet``, the April-2021 simplified version
-  (upstream_imagenet.md §2.5).
+  (docs/faithfulness.md).
 """
 import torch
 import torch.distributed as dist

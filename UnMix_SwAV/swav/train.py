@@ -4,7 +4,7 @@
 The two entry points share this command line and differ only in defaults (the published scripts'
 values), data (torchvision CIFAR vs an ImageFolder), the Sinkhorn variant (old SwAV with ``shoot_infs``
 vs April-2021) and two details upstream had (CIFAR's ``log(softmax)`` and DDP's
-``find_unused_parameters=True``). Reference: upstream_cifar.md Part 2, upstream_imagenet.md Parts 2-3.
+``find_unused_parameters=True``). What is kept, fixed and changed: docs/faithfulness.md.
 
 Departures from upstream (each keeps the published mathematics):
 * apex is gone: LARC is ``common.larc.LARC`` (apex's exact math), fp16 is ``torch.amp`` autocast +

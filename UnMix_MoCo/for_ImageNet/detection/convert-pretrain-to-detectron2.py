@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Converts a MoCo / Un-Mix pretraining checkpoint to detectron2's ResNet format (upstream
-``detection/convert-pretrain-to-detectron2.py``, reference upstream_imagenet.md §1.9).
+``detection/convert-pretrain-to-detectron2.py``, see docs/faithfulness.md).
 
     python convert-pretrain-to-detectron2.py checkpoint_0199.pth.tar output.pkl
 

@@ -1,4 +1,4 @@
-"""MoCo with Un-Mix query mixtures (upstream ``moco/builder.py``, reference upstream_imagenet.md §1.4).
+"""MoCo with Un-Mix query mixtures (upstream ``moco/builder.py``, see docs/faithfulness.md).
 
 State dict (saved through DDP, so every key gains ``module.``): ``queue`` (dim, K), ``queue_ptr`` (1,)
 long, ``encoder_q.*``, ``encoder_k.*`` with torchvision names and the head ``fc`` (or ``fc.0``/``fc.2``

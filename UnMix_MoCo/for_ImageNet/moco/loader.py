@@ -1,4 +1,4 @@
-"""MoCo v1 / v2 augmentations (upstream ``moco/loader.py`` and the transforms of ``main_moco.py``, §1.3).
+"""MoCo v1 / v2 augmentations (upstream ``moco/loader.py`` and the transforms of ``main_moco.py``; see docs/faithfulness.md).
 
 The two-view wrapper is :class:`common.data.TwoCrops` (upstream's ``TwoCropsTransform``).
 """

@@ -1,0 +1,67 @@
+"""The repository's docs are self-contained: nothing cites a document a user of the repository does not have."""
+import re
+import subprocess
+
+from conftest import ROOT
+
+TEXT_SUFFIXES = {".py", ".md", ".sh", ".txt", ".toml", ".ini", ".cfg", ".yaml", ".yml", ""}
+# Notes kept beside the project for its developers, never shipped: citing them sends a user nowhere.
+PRIVATE_NOTES = re.compile(r"upstream_cifar\.md|upstream_imagenet\.md|simclr_byol\.md|samix\.md|ecosystem\.md"
+                           r"|shared/reference|\breference (Part|§)|§")
+
+
+def repo_files():
+    """Tracked and new (not ignored) text files of the working tree."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    files = []
+    for name in filter(None, out):
+        path = ROOT / name
+        if path.is_file() and path.suffix in TEXT_SUFFIXES and path.name != "test_docs.py":
+            files.append(path)
+    return files
+
+
+def test_no_citation_of_private_notes():
+    hits = []
+    for path in repo_files():
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if PRIVATE_NOTES.search(line):
+                hits.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:100]}")
+    assert not hits, "cites documents that are not in the repository (write it into docs/ instead):\n" + \
+        "\n".join(hits)
+
+
+def test_every_cited_markdown_file_exists():
+    """Every `something.md` named in the repository (outside URLs and other repositories' `owner/repo:path`)
+    is a file of the repository, relative to the citing file or to the repository root."""
+    missing = []
+    for path in repo_files():
+        text = path.read_text(errors="replace")
+        for token in re.findall(r"[\w:/.#-]*?[\w./-]+\.md\b", text):
+            if "://" in token or ":" in token:
+                continue
+            name = token.lstrip("./") if token.startswith("./") else token
+            if not ((path.parent / name).is_file() or (ROOT / name).is_file()):
+                missing.append(f"{path.relative_to(ROOT)}: {token}")
+    assert not missing, "names markdown files that are not in the repository:\n" + "\n".join(missing)
+
+
+def test_markdown_links_resolve():
+    """Relative links `[text](path)` in the READMEs and docs/ point at files or folders of the repository."""
+    broken = []
+    for path in repo_files():
+        if path.suffix != ".md":
+            continue
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            if not (path.parent / target.split("#")[0]).exists():
+                broken.append(f"{path.relative_to(ROOT)}: {target}")
+    assert not broken, "broken relative links:\n" + "\n".join(broken)
+
+
+def test_docstrings_cite_the_faithfulness_page_that_exists():
+    cited = [p for p in repo_files() if p.suffix == ".py" and "docs/faithfulness.md" in p.read_text()]
+    assert cited, "no docstring points at docs/faithfulness.md"
+    assert (ROOT / "docs" / "faithfulness.md").is_file()
