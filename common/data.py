@@ -119,5 +119,9 @@ class TwoCrops:
     def __init__(self, transform):
         self.transform = transform
 
+    @property
+    def views(self):  # one transform per view (common.device_aug)
+        return [self.transform, self.transform]
+
     def __call__(self, x):
         return [self.transform(x), self.transform(x)]

@@ -64,6 +64,10 @@ class MultiCrop:
                 transforms.Normalize(mean=mean, std=std)])
             self.trans.extend([t] * n)
 
+    @property
+    def views(self):  # one transform per crop (common.device_aug)
+        return self.trans
+
     def __call__(self, img):
         return [t(img) for t in self.trans]
 
