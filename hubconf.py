@@ -8,7 +8,8 @@ As with torchvision, ``pretrained=False`` gives random initialisation and extra 
 (e.g. ``num_classes``) go to the torchvision builder. ``fc`` is always freshly initialised (the released
 checkpoints hold a self-supervised projection head, not a classifier): train it as a linear probe or set
 ``model.fc = torch.nn.Identity()`` for features. ``checkpoint=PATH`` loads a local file instead of
-downloading. Google Drive files are fetched with gdown, the public HTTPS files with
+downloading; a failed download (offline, say) raises ``tools.released.DownloadError`` (a ConnectionError)
+whose one-line message names the URL to fetch by hand, and leaves no empty folder in the cache. Google Drive files are fetched with gdown, the public HTTPS files with
 ``torch.hub.load_state_dict_from_url``; both are cached under ``torch.hub.get_dir()/checkpoints``.
 The CIFAR models use the 3x3 stride-1 stem without maxpool (see tools/convert_to_torchvision.py).
 """
@@ -23,16 +24,25 @@ from common.checkpoint import load_checkpoint as _load_checkpoint  # noqa: E402
 from tools import layouts as _layouts  # noqa: E402
 from tools.convert_to_torchvision import build_torchvision as _build, convert_state_dict as _convert  # noqa: E402
 from tools.released import CATALOGUE as _CATALOGUE, download as _download  # noqa: E402
+from tools.released import (DownloadError as _DownloadError, created_dirs as _created_dirs,  # noqa: E402
+                            manual_hint as _manual_hint, reason as _reason, remove_if_empty as _remove_if_empty)
 
 
 def _checkpoint(name, progress):
     art = _CATALOGUE[name]
     cache = _os.path.join(_torch.hub.get_dir(), "checkpoints", "unmix")
+    local = "checkpoint=PATH to this torch.hub entry"
     if art.source == "https":
-        return _torch.hub.load_state_dict_from_url(art.url, model_dir=cache, map_location="cpu",
-                                                  progress=progress, file_name=art.filename,
-                                                  weights_only=False)
-    return _load_checkpoint(_download(art, out=cache))
+        made = _created_dirs(cache)
+        try:
+            return _torch.hub.load_state_dict_from_url(art.url, model_dir=cache, map_location="cpu",
+                                                      progress=progress, file_name=art.filename,
+                                                      weights_only=False)
+        except OSError as e:  # offline, HTTP error (urllib's URLError / HTTPError): one line, no empty cache
+            _remove_if_empty(made)
+            raise _DownloadError(f"download of {name} failed ({_reason(e, art.url)}); {_manual_hint(art, local)}") \
+                from None
+    return _load_checkpoint(_download(art, out=cache, local_option=local))
 
 
 def _load(kind, name, pretrained, progress, checkpoint, **kwargs):

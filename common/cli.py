@@ -21,6 +21,11 @@ def run_main(main, *args, **kwargs):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader went away (`... | head`): stop quietly, as Unix tools do. stdout is pointed at devnull
+        # so that the interpreter's final flush does not raise again (the Python documentation's recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def bool_flag(s):

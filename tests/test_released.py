@@ -1,6 +1,7 @@
 """tools/released.py + tools/layouts.py: catalogue vs README, layout specs vs independent facts, verification."""
 import io
 import json
+import subprocess
 import re
 import sys
 import types
@@ -11,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import ROOT, assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, run_script, script_env
 
 from common.cli import CLIError
 from tools import layouts, released
@@ -393,3 +394,59 @@ def test_every_eval_command_is_accepted_by_its_script():
         for opt in (t.split("=")[0] for t in toks[toks.index(script) + 1:] if t.startswith("--")):
             assert re.search(rf"(^|[\s\[,]){re.escape(opt)}([\s=\],]|$)", helps[script], re.M), \
                 f"{a.name}: {script} does not accept {opt}"
+
+
+# --- offline and failed downloads, pipes, --kind -------------------------------------------------------------
+OFFLINE = dict(HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+               http_proxy="http://127.0.0.1:9", NO_PROXY="", no_proxy="")  # a closed local port: no network
+
+
+@pytest.mark.parametrize("name", ["swav_800ep", "unmix_moco_c10_symmetric", "swav_c10_weights"])
+def test_offline_download_says_what_failed_in_one_line_and_leaves_no_folder(tmp_path, name):
+    (tmp_path / "kept" / "other").mkdir(parents=True)  # an existing download folder with something in it
+    art = released.CATALOGUE[name]
+    for out in ("new/dl", "kept"):
+        p = run_script([ROOT / SCRIPT, "download", name, "--out", out], cwd=tmp_path, check=False,
+                       env=script_env(**OFFLINE))
+        assert_clean_error(p, f"download of {name} failed", "no connection", art.url, "by hand", "--name " + name)
+        assert len([ln for ln in p.stderr.splitlines() if "error" in ln.lower()]) == 1, p.stderr
+    # nothing created is left behind; what was there stays
+    assert sorted(str(q.relative_to(tmp_path)) for q in tmp_path.rglob("*")) == ["kept", "kept/other"]
+
+
+def test_offline_hub_entry_says_what_failed_and_leaves_no_cache_folder(tmp_path):
+    code = ("import torch\n"
+            "for entry in ('mocov2_resnet50', 'unmix_moco_cifar_resnet18'):\n"
+            "    try:\n"
+            f"        torch.hub.load({str(ROOT)!r}, entry, source='local')\n"
+            "    except ConnectionError as e:\n"
+            "        print('FAILED', e)\n")
+    p = run_script(["-c", code], cwd=tmp_path, env=script_env(TORCH_HOME=tmp_path / "th", **OFFLINE))
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("FAILED")]
+    assert len(lines) == 2, p.stdout + p.stderr
+    for ln, art in zip(lines, (released.CATALOGUE["moco_v2_800ep"], released.CATALOGUE["unmix_moco_c10_symmetric"])):
+        assert art.url in ln and "checkpoint=PATH" in ln and "no connection" in ln, ln
+    assert not (tmp_path / "th").exists() or not any(q.is_dir() for q in (tmp_path / "th").rglob("*"))
+
+
+def test_list_into_a_closed_pipe_exits_quietly():
+    """`released.py list --json | head`: the reader is gone before anything is written."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / SCRIPT), "list", "--json"], cwd=ROOT, env=script_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `head` does once it has its lines
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err and b"Exception ignored" not in err, err
+
+
+def test_kind_options_take_every_kind_that_list_prints(tmp_path, capsys):
+    released.main(["list"])
+    printed = {line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert {"folder", "moco_cifar", "moco_cifar_log", "moco_imagenet"} <= printed
+    for kind in printed:
+        released.main(["list", "--kind", kind])
+        rows = capsys.readouterr().out.splitlines()[1:]
+        assert rows and all(r.split()[3] == kind for r in rows)
+        with pytest.raises(CLIError, match="does not exist"):  # the kind is accepted; the file is missing
+            released.main(["verify", str(tmp_path / "absent.pth"), "--kind", kind])
+    with pytest.raises(CLIError, match="no released artefact of kind simclr_byol"):
+        released.main(["list", "--kind", "simclr_byol"])  # a layout verify knows, with nothing released

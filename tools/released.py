@@ -16,10 +16,13 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,6 +281,40 @@ def verify_path(path, kind=None, md5=""):
 
 
 # --- download ----------------------------------------------------------------------------------------------
+class DownloadError(CLIError, ConnectionError):
+    """A download that failed (offline, quota, moved file): one line saying what failed, where to fetch the
+    file by hand and which option takes a local file."""
+
+
+def reason(e, url=None):
+    """A short reason for a failed download, one line: "no connection to HOST" when offline."""
+    inner = getattr(e, "reason", None)  # urllib's URLError wraps the socket error
+    err = inner if isinstance(inner, BaseException) else e
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    host = re.search(r"host='([^']+)'", text)  # requests: "HTTPSConnectionPool(host='...', ...): Max retries"
+    host = host.group(1) if host else (urllib.parse.urlparse(url).hostname if url else None)
+    offline = isinstance(err, (ConnectionError, TimeoutError, socket.gaierror, socket.timeout)) or \
+        any(w in type(err).__name__ for w in ("Connection", "Timeout", "Proxy"))
+    if offline:
+        return f"no connection to {host} ({text[:80]})" if host and host not in text else \
+            f"no connection to {host}" if host else f"no connection: {text[:100]}"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def manual_hint(art, local_option):
+    """Where to fetch ``art`` by hand and which option then takes the local file."""
+    what = "the folder" if art.source == "gdrive-folder" else "the file"
+    return f"fetch {what} by hand from {art.url} and pass it with {local_option}"
+
+
+def _cli_option(art, out):
+    dest = Path(out) / art.name
+    if art.source == "gdrive-folder":
+        return (f"`verify DIR --name {art.name}` and `eval-cmd {art.name} --path DIR/<run>/checkpoint.pth.tar`"
+                f" (or save it as {dest})")
+    return f"`eval-cmd {art.name} --path FILE` or `verify FILE --name {art.name}` (or save it as {dest / art.filename})"
+
+
 def _https(url, dest):
     tmp = Path(tempfile.mkstemp(prefix=".part-", dir=dest.parent)[1])
     try:
@@ -297,7 +334,7 @@ def _https(url, dest):
             raise CLIError(f"download of {url} stopped at {done} of {total} bytes")
         os.replace(tmp, dest)
     except OSError as e:  # URLError, HTTPError, timeouts, disk full
-        raise CLIError(f"cannot download {url}: {e}") from None
+        raise DownloadError(reason(e, url)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -311,9 +348,33 @@ def _gdown():
     return gdown
 
 
-def download(art, out=DEFAULT_OUT, force=False):
-    """Fetches ``art`` into ``out/<name>/`` and verifies it; returns the downloaded path."""
+def created_dirs(path):
+    """The folders ``path.mkdir(parents=True)`` would create, innermost first."""
+    made = []
+    path = Path(path).absolute()
+    while not path.exists():
+        made.append(path)
+        path = path.parent
+    return made
+
+
+def remove_if_empty(dirs):
+    for d in dirs:  # innermost first; a folder holding anything (another download) stays
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def download(art, out=DEFAULT_OUT, force=False, local_option=None):
+    """Fetches ``art`` into ``out/<name>/`` and verifies it; returns the downloaded path.
+
+    A failed download (offline, quota, moved file) raises :class:`DownloadError` with one line: what
+    failed, where to fetch the file by hand and ``local_option`` (the option that takes a local file; the
+    CLI's by default). Folders it created are removed again and no partial file is left behind.
+    """
     dest_dir = Path(out) / art.name
+    local_option = local_option or _cli_option(art, out)
     dest = dest_dir / art.filename if art.source != "gdrive-folder" else dest_dir
     if dest.exists() and not force:
         if dest.is_file() or any(dest.iterdir()):
@@ -321,28 +382,33 @@ def download(art, out=DEFAULT_OUT, force=False):
             for line in verify_path(dest, art.kind if art.kind != "folder" else None, art.md5):
                 print(line)
             return dest
+    gdown = _gdown() if art.source != "https" else None
+    made = created_dirs(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {art.name} from {art.url}")
-    if art.source == "https":
-        _https(art.url, dest)
-    else:
-        gdown = _gdown()
-        try:
-            if art.source == "gdrive-file":
-                part = dest.with_name(".part-" + dest.name)
-                got = gdown.download(id=art.where, output=str(part), quiet=False)
-                if not got or not part.exists():
-                    raise CLIError(f"gdown could not fetch {art.url} (quota exceeded or file moved?)")
-                os.replace(part, dest)
-            else:
-                got = gdown.download_folder(id=art.where, output=str(dest), quiet=False)
-                if not got:
-                    raise CLIError(f"gdown could not fetch the folder {art.url} (quota exceeded or moved?)")
-        except CLIError:
-            raise
-        except Exception as e:  # gdown raises its own exception types (FileURLRetrievalError, ...)
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CLIError(f"download of {art.url} failed: {msg}") from None
+    print(f"downloading {art.name} from {art.url}", flush=True)
+    part = dest.with_name(".part-" + dest.name)
+    try:
+        if art.source == "https":
+            _https(art.url, dest)
+        elif art.source == "gdrive-file":
+            got = gdown.download(id=art.where, output=str(part), quiet=False)
+            if not got or not part.exists():
+                raise DownloadError("gdown fetched nothing (Drive quota exceeded or file moved?)")
+            os.replace(part, dest)
+        else:
+            got = gdown.download_folder(id=art.where, output=str(dest), quiet=False)
+            if not got:
+                raise DownloadError("gdown fetched nothing (Drive quota exceeded or folder moved?)")
+    except Exception as e:  # gdown raises its own types (FileURLRetrievalError, requests' ConnectionError)
+        if part.exists():
+            part.unlink()
+        if art.source == "gdrive-folder" and dest.is_dir() and not any(p.is_file() for p in dest.rglob("*")):
+            for d in sorted((p for p in dest.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                d.rmdir()
+        remove_if_empty(made)
+        why = str(e) if isinstance(e, DownloadError) else reason(e)
+        raise DownloadError(f"download of {art.name} failed ({why}); "
+                            f"{manual_hint(art, local_option)}") from None
     for line in verify_path(dest, art.kind if art.kind != "folder" else None, art.md5):
         print(line)
     return dest
@@ -370,8 +436,16 @@ def eval_command(art, path=None, data=None, out=None):
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------
+def kinds():
+    """Every kind `list` prints, and every checkpoint layout `verify` knows: both `--kind` options take all."""
+    return sorted(set(layouts.KINDS) | {a.kind for a in CATALOGUE.values()})
+
+
 def cmd_list(args):
     rows = [a for a in CATALOGUE.values() if args.kind in (None, a.kind)]
+    if not rows:
+        raise CLIError(f"no released artefact of kind {args.kind} (the catalogue's kinds: "
+                       f"{', '.join(sorted({a.kind for a in CATALOGUE.values()}))})")
     if args.json:
         print(json.dumps([dict(vars(a), url=a.url) for a in rows], indent=1))
         return
@@ -385,8 +459,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("list", help="print the catalogue", formatter_class=HelpFormatter)
-    s.add_argument("--kind", default=None, choices=sorted({a.kind for a in CATALOGUE.values()}),
-                   help="only artefacts of this kind")
+    s.add_argument("--kind", default=None, choices=kinds(), help="only artefacts of this kind")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s = sub.add_parser("download", help="fetch an artefact and verify it", formatter_class=HelpFormatter)
     s.add_argument("name")
@@ -396,7 +469,8 @@ def main(argv=None):
                        formatter_class=HelpFormatter)
     s.add_argument("path")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--kind", default=None, choices=list(layouts.KINDS) + ["moco_cifar_log", "moco_cifar_args"])
+    g.add_argument("--kind", default=None, choices=kinds(),
+                   help="the layout to check against (`folder`: every file of a downloaded folder)")
     g.add_argument("--name", default=None, help="catalogue name: its kind and published md5 are checked")
     s = sub.add_parser("eval-cmd", help="print (or --run) the command that reproduces the published number",
                        formatter_class=HelpFormatter)
