@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
-from common.logs import plot_runs as common_plot_runs  # noqa: E402
+from common.logs import runs_figure, save_figure  # noqa: E402
 
-NAMES = {"train_loss": "training loss", "linear_acc@1": "linear top-1 (%)", "knn5_acc@1": "5-NN top-1 (%)",
+NAMES = {"train_loss": "training loss", "linear_acc@1": "linear-probe top-1 (%)", "knn5_acc@1": "5-NN top-1 (%)",
          "knn200w_acc@1": "200-NN weighted top-1 (%)"}
 
 
@@ -44,9 +44,14 @@ def read_log(path):
     return df
 
 
+def figure(runs, title=None):
+    """The figure of :func:`plot_runs` (not saved)."""
+    return runs_figure(runs, title=title, columns=panel_columns(runs), names=NAMES)
+
+
 def plot_runs(runs, png_path, title=None):
-    """``runs`` = [(label, DataFrame)]; one panel per column of panel_columns, saved atomically."""
-    common_plot_runs(runs, png_path, title=title, columns=panel_columns(runs), names=NAMES)
+    """``runs`` = [(label, DataFrame)]; one panel per column of panel_columns (a 2x2 grid), saved atomically."""
+    save_figure(figure(runs, title), png_path)
 
 
 def main(argv=None):

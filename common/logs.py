@@ -15,39 +15,105 @@ def write_csv(rows, path, index="epoch"):
     return df
 
 
-def plot_runs(runs, png_path, title=None, columns=None, names=None, x="epoch"):
-    """One panel per column, each run's curve drawn through its non-empty points, saved atomically.
+# Axis labels in words for every column the training scripts log (a column not listed keeps its name).
+COLUMN_NAMES = {
+    "train_loss": "training loss", "loss": "training loss", "base_loss": "loss without the mixture terms",
+    "loss_cl": "loss of the clean views", "loss_mix": "loss of the mixture",
+    "loss_mix_flip": "loss of the reverse mixture",
+    "test_acc@1": "kNN top-1 (%)",  # the MoCo CIFAR demo's monitor
+    "acc1": "pretext accuracy top-1 (%)", "acc5": "pretext accuracy top-5 (%)",  # MoCo: positive key found
+    "linear_acc@1": "linear-probe top-1 (%)", "linear_acc@5": "linear-probe top-5 (%)",
+    "knn5_acc@1": "5-NN top-1 (%)", "knn200w_acc@1": "200-NN weighted top-1 (%)",
+    "train_acc1": "linear classifier, training top-1 (%)", "val_acc1": "linear-probe top-1 (%)",
+    "val_loss": "validation loss", "prec1_val": "linear-probe top-1 (%)",
+    "lr": "learning rate", "target_tau": "BYOL target momentum", "lam": "λ",
+}
+# Columns drawn on one axis (the first name is the axis label; each column is one line, named in the legend)
+COLUMN_GROUPS = (
+    ("training loss", {"loss": "total", "loss_cl": "clean", "loss_mix": "mixture",
+                       "loss_mix_flip": "reverse mixture"}),
+    ("pretext accuracy (%)", {"acc1": "top-1", "acc5": "top-5"}),
+)
 
-    ``runs`` = [(label, DataFrame)]; ``columns`` default to every numeric column but ``x`` that some run
-    fills; ``names`` maps a column to its axis label.
-    """
+
+def panels_of(columns):
+    """``columns`` as panels: ``[(axis label, {column: legend name or None})]``, grouped by COLUMN_GROUPS."""
+    panels, placed = [], set()
+    for col in columns:
+        if col in placed:
+            continue
+        group = next(((label, members) for label, members in COLUMN_GROUPS if col in members), None)
+        present = [c for c in group[1] if c in columns] if group else []
+        if len(present) > 1:
+            panels.append((group[0], {c: group[1][c] for c in present}))
+            placed.update(present)
+        else:
+            panels.append((COLUMN_NAMES.get(col, col), {col: None}))
+            placed.add(col)
+    last = {"lr", "target_tau", "lam"}  # the schedules after what is learnt
+    return [p for p in panels if not set(p[1]) <= last] + [p for p in panels if set(p[1]) <= last]
+
+
+def runs_figure(runs, title=None, columns=None, names=None, x="epoch"):
+    """The figure of :func:`plot_runs` (returned, not saved: tests read its labels)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if columns is None:
         columns = list(dict.fromkeys(c for _, df in runs for c in df.columns
                                      if c != x and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()))
-    names = names or {}
-    n = max(1, len(columns))
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
-    for ax, col in zip(axes[0], columns):
-        for label, df in runs:
-            if col in df:
+    panels = panels_of(columns)
+    for i, (label, members) in enumerate(panels):  # names given by the caller win
+        if len(members) == 1 and names and next(iter(members)) in names:
+            panels[i] = (names[next(iter(members))], members)
+    n = max(1, len(panels))
+    ncols = 2 if n == 4 else min(3, n)  # a grid, not one long strip
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False)
+    flat = axes.ravel()
+    for ax, (ylabel, members) in zip(flat, panels):
+        for i, (label, df) in enumerate(runs):
+            for j, (col, short) in enumerate(members.items()):
+                if col not in df:
+                    continue
                 d = df[[x, col]].dropna()
-                ax.plot(d[x], d[col], marker="o" if len(d) < 30 else None, label=label)
+                name = " – ".join(str(t) for t in (label, short) if t) or None
+                ax.plot(d[x], d[col], marker="o" if len(d) < 30 else None, label=name,
+                        color=f"C{i if len(runs) > 1 else j}", linestyle=("-", "--", ":", "-.")[j % 4])
         ax.set_xlabel(x)
-        ax.set_ylabel(names.get(col, col))
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
-        if len(runs) > 1:
-            ax.legend()
+        if any(line.get_label() and not line.get_label().startswith("_") for line in ax.lines) and \
+                (len(runs) > 1 or len(members) > 1):
+            ax.legend(fontsize=8)
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, png_path, dpi=100):
+    """Saves ``fig`` atomically and closes it."""
+    import matplotlib.pyplot as plt
     tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, png_path)
+
+
+def plot_runs(runs, png_path, title=None, columns=None, names=None, x="epoch"):
+    """One panel per column (loss terms and top-1/top-5 share a panel), in a grid of at most three columns,
+    each run's curve drawn through its non-empty points, saved atomically.
+
+    ``runs`` = [(label, DataFrame)]; ``columns`` default to every numeric column but ``x`` that some run
+    fills; axis labels come from COLUMN_NAMES, ``names`` (column -> axis label) overrides them.
+    """
+    save_figure(runs_figure(runs, title, columns, names, x), png_path)
 
 
 def plot_curves(csv_path, png_path, x="epoch", title=None):

@@ -13,7 +13,9 @@ accuracy below. PATH is
   prec1_val``, whose ``prec1_val`` is the accuracy; its 0-based epochs are shifted to count finished epochs
   like the CSV logs) — pickles run code when read: only open files you trust,
 * or a run folder holding one of those (``log.csv`` first, then ``stats0.pkl``).
-Accuracies stored as fractions (all values <= 1, as htdt's ``acc``) are shown in percent. Labels containing
+Accuracies stored as fractions (all values <= 1, as htdt's ``acc``) are shown in percent; the accuracy axis
+says which it is, kNN top-1 (the MoCo demo's monitor) or linear-probe top-1, and a panel mixing both marks
+each run's curve. Labels containing
 "mix" are drawn solid and the others dashed, so baseline vs Un-Mix reads as in the paper's Figure 2.
 """
 import argparse
@@ -30,6 +32,10 @@ from tools import check_output  # noqa: E402
 
 ACC_PREFERENCE = ("test_acc@1", "linear_acc@1", "prec1_val", "val_acc1", "knn_acc", "linear_acc", "test_acc",
                   "acc")
+# what each accuracy column measures: the kNN monitor (MoCo CIFAR demo) or a linear probe / classifier on
+# frozen features (SimCLR/BYOL's and htdt's `acc`, SwAV eval_linear's prec1_val, MoCo lincls' val_acc1)
+ACC_KIND = {"test_acc@1": "kNN", "knn_acc": "kNN", "linear_acc@1": "linear probe", "linear_acc": "linear probe",
+            "prec1_val": "linear probe", "val_acc1": "linear probe", "acc": "linear probe"}
 
 
 def parse_run(spec):
@@ -85,7 +91,9 @@ def load_run(path):
     acc = out["acc"].dropna()
     if len(acc) and acc.max() <= 1.0:
         out["acc"] = out["acc"] * 100.0
-    return out.dropna(subset=["epoch"]).sort_values("epoch")
+    out = out.dropna(subset=["epoch"]).sort_values("epoch")
+    out.attrs["acc_kind"] = ACC_KIND.get(acc_cols[0], "test") if acc_cols else None
+    return out
 
 
 def figure(runs, title=None):
@@ -94,23 +102,34 @@ def figure(runs, title=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     panels = list(dict.fromkeys(p for p, _, _ in runs))
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7.0), squeeze=False)
     for col, panel in enumerate(panels):
         ax_loss, ax_acc = axes[0][col], axes[1][col]
-        for i, (p, label, df) in enumerate(r for r in runs if r[0] == panel):
+        members = [r for r in runs if r[0] == panel]
+        kinds = list(dict.fromkeys(df.attrs.get("acc_kind") for _, _, df in members
+                                   if df["acc"].notna().any()))
+        for i, (p, label, df) in enumerate(members):
             style = dict(color=f"C{i}", linestyle="-" if "mix" in label.lower() else "--", label=label)
             if df["loss"].notna().any():
                 d = df.dropna(subset=["loss"])
                 ax_loss.plot(d["epoch"], d["loss"], marker="o" if len(d) < 30 else None, **style)
             if df["acc"].notna().any():
                 d = df.dropna(subset=["acc"])
-                ax_acc.plot(d["epoch"], d["acc"], marker="o" if len(d) < 30 else None, **style)
+                if len(kinds) > 1:  # kNN and linear-probe runs in one panel: say which is which
+                    style = dict(style, label=f"{label} ({df.attrs.get('acc_kind')})",
+                                 marker="s" if df.attrs.get("acc_kind") == "kNN" else "o")
+                ax_acc.plot(d["epoch"], d["acc"], **{"marker": "o" if len(d) < 30 else None, **style})
         ax_loss.set_title(panel or "")
         ax_loss.set_ylabel("training loss")
-        ax_acc.set_ylabel("test accuracy (%)")
+        ax_acc.set_ylabel(" / ".join(f"{k.replace(' ', '-')} top-1 (%)" for k in kinds) if kinds
+                          else "top-1 accuracy (%)")
+        ax_loss.set_xlabel("epoch")
         ax_acc.set_xlabel("epoch")
         for ax in (ax_loss, ax_acc):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=8)
