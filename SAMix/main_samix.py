@@ -72,6 +72,16 @@ MEAN_STD = {"cifar10": (D.CIFAR10_MEAN, D.CIFAR10_STD), "cifar100": (D.CIFAR100_
             "imagenet": (D.IMAGENET_MEAN, D.IMAGENET_STD)}
 
 
+class _Help(HelpFormatter):
+    """The repository's formatter, minus "(default: None)" on the options whose default depends on --dataset
+    (their help lists the per-dataset values)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _per_dataset(key, fmt=str):
     vals = "; ".join(f"{k}: {fmt(v[key])}" for k, v in DEFAULTS.items())
     return f"(default per --dataset: {vals})"
@@ -82,7 +92,7 @@ def _per_dataset(key, fmt=str):
 # ----------------------------------------------------------------------------------------------------------
 def build_parser():
     p = argparse.ArgumentParser(description="Supervised mixup classification: SAMix, AutoMix and baselines",
-                                formatter_class=HelpFormatter)
+                                formatter_class=_Help)
     p.add_argument("--dataset", default="cifar100", choices=list(FAMILY),
                    help="cifar10/cifar100 (torchvision format, downloaded when missing; CIFAR ResNet stem), tiny "
                         "(Tiny-ImageNet, 64 px, CIFAR stem) or imagenet (torchvision ResNet stem); tiny and imagenet "
@@ -274,7 +284,7 @@ def train_epoch(model, net, loader, optimizer, scaler, epoch, args, device, sche
                 index_bb = torch.randperm(x.size(0)).to(device)
                 w = mask_weight(t)
                 out = model(x, y, lam, index_mb, index_bb, w)
-                logged = {k: out[k] for k in ("loss_one_q", "loss_mix_q", "loss_mix_k", "loss_mask")}
+                logged = {k: out[k].detach() for k in ("loss_one_q", "loss_mix_q", "loss_mix_k", "loss_mask")}
                 logged["mask_weight"] = w
             elif args.mix == "none":
                 out = model(x, y)

@@ -237,8 +237,8 @@ class MixerModel(nn.Module):
         loss_one_q = F.cross_entropy(self.head_one_q(self.backbone_q(x)[1]), y)
         loss_mix_q = mixup_ce(self.head_mix_q(self.backbone_q(x_bb)[1]), y, y[index_bb], lam_bb)
         loss = loss_mix_q + loss_one_q + loss_mix_k + mask_weight * loss_mask
-        return {"loss": loss, "loss_one_q": loss_one_q.detach(), "loss_mix_q": loss_mix_q.detach(),
-                "loss_mix_k": loss_mix_k.detach(), "loss_mask": loss_mask.detach(), "mask_mb": mask_mb.detach()}
+        return {"loss": loss, "loss_one_q": loss_one_q, "loss_mix_q": loss_mix_q, "loss_mix_k": loss_mix_k,
+                "loss_mask": loss_mask, "mask_mb": mask_mb, "mask_bb": mask_bb}
 
     @torch.no_grad()
     def evaluate(self, x):

@@ -1,0 +1,100 @@
+"""SAMix/main_samix.py run as a user would on tiny on-disk data: every --mix mode, outputs, exact resume
+after kill -9, a 2-process gloo run, and one error line for bad input."""
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, assert_clean_error, run_script, script_env
+from common.dist import free_port
+
+SCRIPT = ROOT / "SAMix" / "main_samix.py"
+TINY = ["-a", "resnet_tiny", "-b", "8", "-j", "0", "--plot-every", "1"]
+
+
+def state(path):
+    return torch.load(path, weights_only=False)
+
+
+def train(data, out, *extra, epochs=2, check=True):
+    return run_script([SCRIPT, "--dataset", "cifar10", "--data", data, "--output-dir", out, "--epochs", epochs,
+                       *TINY, *extra], check=check)
+
+
+def test_samix_outputs_and_kill_9_resume_is_exact(cifar10_root, tmp_path):
+    full = tmp_path / "full"
+    train(cifar10_root, full)
+    for name in ("latest.pth", "log.csv", "curves.png", "args.json", "masks_epoch0001.png", "masks_epoch0002.png"):
+        assert (full / name).is_file(), name
+    log = pd.read_csv(full / "log.csv")
+    assert list(log["epoch"]) == [1, 2]
+    for head in ("one_q", "mix_q", "one_k", "mix_k"):
+        assert log[f"acc1_{head}"].between(0, 100).all() and (log[f"acc5_{head}"] >= log[f"acc1_{head}"]).all()
+    assert (log["mask_weight"] - 0.1).abs().max() < 1e-9  # CIFAR: constant
+    ckpt = state(full / "latest.pth")
+    assert any(k.startswith("mixer.") for k in ckpt["state_dict"]) and ckpt["args"]["eta"] == 0.5
+
+    # the same run killed (SIGKILL) once its first checkpoint exists, then resumed
+    part = tmp_path / "part"
+    cmd = [sys.executable, SCRIPT, "--dataset", "cifar10", "--data", cifar10_root, "--output-dir", part,
+           "--epochs", "2", *TINY]
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ck = part / "latest.pth"
+        if ck.exists() and state(ck)["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state(part / "latest.pth")["epoch"] < 2, "the run finished before it could be killed"
+    assert_clean_error(train(cifar10_root, part, check=False), "--resume")
+    run_script([SCRIPT, "--dataset", "cifar10", "--data", cifar10_root, "--resume", part / "latest.pth",
+                "--epochs", 2, *TINY])
+    a, b = state(full / "latest.pth"), state(part / "latest.pth")
+    assert b["epoch"] == 2
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert (full / "log.csv").read_text() == (part / "log.csv").read_text()
+
+
+@pytest.mark.parametrize("mix,dataset,extra", [
+    ("none", "cifar10", []),
+    ("mixup", "tiny", ["--image-size", "32"]),
+    ("cutmix", "imagenet", ["--image-size", "80", "--amp"]),
+    ("automix", "imagenet", ["--image-size", "80"]),
+    ("samix", "tiny", ["--image-size", "32", "--mixer-loss", "bce", "--eta", "0.1",
+                       "--mask-weight-schedule", "compound"]),
+])
+def test_each_mode_runs(mix, dataset, extra, cifar10_root, imagefolder_root, tmp_path):
+    data = cifar10_root if dataset == "cifar10" else imagefolder_root
+    out = tmp_path / mix
+    run_script([SCRIPT, "--dataset", dataset, "--data", data, "--output-dir", out, "--epochs", 1, "--mix", mix,
+                *TINY, *extra])
+    log = pd.read_csv(out / "log.csv")
+    heads = ["one_q"] if mix in ("none", "mixup", "cutmix") else ["one_q", "mix_q", "one_k", "mix_k"]
+    assert [c for c in log if c.startswith("acc1_")] == [f"acc1_{h}" for h in heads]
+    assert (out / "latest.pth").is_file() and (out / "curves.png").is_file()
+    assert (out / "masks_epoch0001.png").is_file() == (mix in ("automix", "samix"))
+
+
+def test_two_process_gloo_run(cifar10_root, tmp_path):
+    out = tmp_path / "ddp"
+    run_script(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), SCRIPT,
+                "--dataset", "cifar10", "--data", cifar10_root, "--output-dir", out, "--epochs", 1, *TINY,
+                "-b", "4"])
+    ckpt = state(out / "latest.pth")
+    assert ckpt["epoch"] == 1 and len(ckpt["rng_states"]) == 2
+    assert len(pd.read_csv(out / "log.csv")) == 1
+
+
+def test_bad_input_is_one_error_line(tmp_path, cifar10_root):
+    p = run_script([SCRIPT, "--dataset", "imagenet", "--data", tmp_path / "nowhere", *TINY], check=False)
+    assert_clean_error(p, "does not exist")
+    p = run_script([SCRIPT, "--data", cifar10_root, "--dataset", "cifar10", "--image-size", "30", *TINY], check=False)
+    assert_clean_error(p, "multiple of 4")
