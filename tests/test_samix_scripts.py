@@ -93,8 +93,6 @@ def test_two_process_gloo_run(cifar10_root, tmp_path):
     assert len(pd.read_csv(out / "log.csv")) == 1
 
 
-def test_bad_input_is_one_error_line(tmp_path, cifar10_root):
+def test_bad_input_is_one_error_line(tmp_path):
     p = run_script([SCRIPT, "--dataset", "imagenet", "--data", tmp_path / "nowhere", *TINY], check=False)
     assert_clean_error(p, "does not exist")
-    p = run_script([SCRIPT, "--data", cifar10_root, "--dataset", "cifar10", "--image-size", "30", *TINY], check=False)
-    assert_clean_error(p, "multiple of 4")
