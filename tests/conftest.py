@@ -1,7 +1,9 @@
 """Shared fixtures: tiny on-disk datasets and a helper that runs an entry script as a user would."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,20 @@ def run_script(args, cwd=None, check=True, timeout=600, env=None):
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\n"
                              f"stderr:\n{p.stderr[-4000:]}")
     return p
+
+
+def kill_9_when(args, ready, timeout=300):
+    """Starts ``python <args>`` like :func:`run_script`, polls ``ready()`` and sends SIGKILL once it is true
+    (or the process ended, or ``timeout`` passed); waits for the process."""
+    cmd = [sys.executable] + [str(a) for a in args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def assert_clean_error(p, *fragments):

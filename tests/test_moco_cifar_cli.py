@@ -1,15 +1,12 @@
 """The MoCo CIFAR demo run as a user would: outputs, exact resume after kill -9, evaluation, bad input."""
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, run_script, script_env
+from conftest import ROOT, assert_clean_error, kill_9_when, run_script
 
 C10 = "UnMix_MoCo/for_CIFAR/unmix_c10.py"
 C100 = "UnMix_MoCo/for_CIFAR/unmix_c100.py"
@@ -77,16 +74,9 @@ def test_kill_9_then_resume_matches_uninterrupted_run(cifar10_root, tmp_path):
     train(C10, cifar10_root, full, epochs=epochs)
     # interrupted run: SIGKILL as soon as epoch 1's checkpoint exists (training epoch 2, or writing it)
     part = tmp_path / "part"
-    cmd = [sys.executable, C10, "--data", str(cifar10_root), "--results-dir", str(part), "--epochs", str(epochs), *TINY]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        ck = part / "model_last.pth"
-        if ck.exists() and state(ck)["epoch"] >= 1:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ck = part / "model_last.pth"
+    kill_9_when([C10, "--data", cifar10_root, "--results-dir", part, "--epochs", epochs, *TINY],
+                lambda: ck.exists() and state(ck)["epoch"] >= 1)
     killed_at = state(part / "model_last.pth")["epoch"]
     assert killed_at < epochs, "run finished before it could be killed"
     # resuming without --resume is refused; with it the run continues exactly

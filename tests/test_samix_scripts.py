@@ -1,15 +1,10 @@
 """SAMix/main_samix.py run as a user would on tiny on-disk data: every --mix mode, outputs, exact resume
 after kill -9, a 2-process gloo run, and one error line for bad input."""
-import signal
-import subprocess
-import sys
-import time
-
 import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, run_script, script_env
+from conftest import ROOT, assert_clean_error, kill_9_when, run_script
 from common.dist import free_port
 
 SCRIPT = ROOT / "SAMix" / "main_samix.py"
@@ -40,18 +35,9 @@ def test_samix_outputs_and_kill_9_resume_is_exact(cifar10_root, tmp_path):
 
     # the same run killed (SIGKILL) once its first checkpoint exists, then resumed
     part = tmp_path / "part"
-    cmd = [sys.executable, SCRIPT, "--dataset", "cifar10", "--data", cifar10_root, "--output-dir", part,
-           "--epochs", "2", *TINY]
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        ck = part / "latest.pth"
-        if ck.exists() and state(ck)["epoch"] >= 1:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ck = part / "latest.pth"
+    kill_9_when([SCRIPT, "--dataset", "cifar10", "--data", cifar10_root, "--output-dir", part, "--epochs", 2, *TINY],
+                lambda: ck.exists() and state(ck)["epoch"] >= 1)
     assert state(part / "latest.pth")["epoch"] < 2, "the run finished before it could be killed"
     assert_clean_error(train(cifar10_root, part, check=False), "--resume")
     run_script([SCRIPT, "--dataset", "cifar10", "--data", cifar10_root, "--resume", part / "latest.pth",
