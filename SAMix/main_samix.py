@@ -435,8 +435,8 @@ def main_worker(local_index, args, plan):
 def write_curves(rows, path, title):
     import pandas as pd
     df = pd.DataFrame(rows)
-    cols = [c for c in ("loss", "loss_mix_k", "loss_mask", "mask_weight") if c in df] + \
-        [c for c in df if c.startswith("acc1_")]
+    cols = [c for c in ("loss", "loss_one_q", "loss_mix_q", "loss_mix_k", "loss_mask") if c in df] + \
+        [c for c in df if c.startswith("acc1_")] + [c for c in ("mask_weight", "lr") if c in df]
     plot_runs([(None, df)], path, title=title, columns=cols)
 
 

@@ -27,12 +27,18 @@ COLUMN_NAMES = {
     "train_acc1": "linear classifier, training top-1 (%)", "val_acc1": "linear-probe top-1 (%)",
     "val_loss": "validation loss", "prec1_val": "linear-probe top-1 (%)",
     "lr": "learning rate", "target_tau": "BYOL target momentum", "lam": "λ",
+    "mask_weight": "mask-loss weight", "acc1_one_q": "validation top-1 (%)",
 }
 # Columns drawn on one axis (the first name is the axis label; each column is one line, named in the legend)
 COLUMN_GROUPS = (
     ("training loss", {"loss": "total", "loss_cl": "clean", "loss_mix": "mixture",
                        "loss_mix_flip": "reverse mixture"}),
     ("pretext accuracy (%)", {"acc1": "top-1", "acc5": "top-5"}),
+    # SAMix / AutoMix (SAMix/main_samix.py): the losses of one iteration and the four heads' validation top-1
+    ("SAMix losses", {"loss_one_q": "clean CE (q)", "loss_mix_q": "mixup CE (q)", "loss_mix_k": "Mixer CE (k)",
+                      "loss_mask": "mask loss"}),
+    ("validation top-1 (%)", {"acc1_one_q": "one-hot head, q", "acc1_mix_q": "mixup head, q",
+                              "acc1_one_k": "one-hot head, EMA k", "acc1_mix_k": "mixup head, EMA k"}),
 )
 
 
