@@ -267,6 +267,40 @@ def amp_dtype(device):
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+def train_step(model, net, x, y, t, optimizer, scaler, args, mask_weight, total):
+    """One iteration ``t`` (0-based, of ``total``): losses, backward, SGD step and, for automix/samix, the EMA
+    update of k. Returns the logged values (tensors or floats)."""
+    logged = {}
+    with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=args.amp):
+        if isinstance(net, MixerModel):
+            lam = np.random.beta(args.alpha, args.alpha, 2)  # [Mixer's, backbone's], one call as released
+            index_mb = torch.randperm(x.size(0)).to(x.device)
+            index_bb = torch.randperm(x.size(0)).to(x.device)
+            w = mask_weight(t)
+            out = model(x, y, lam, index_mb, index_bb, w)
+            logged = {k: out[k].detach() for k in ("loss_one_q", "loss_mix_q", "loss_mix_k", "loss_mask")}
+            logged["mask_weight"] = w
+        elif args.mix == "none":
+            out = model(x, y)
+        else:
+            xm, y_b, lam = mix_baseline(x, y, args)
+            out = model(xm, y, y_b, lam)
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        raise CLIError(f"the loss became {loss.item()} at iteration {t}: the run stops before saving it "
+                       "(lower --lr, or leave out --amp)")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if isinstance(net, MixerModel):
+        m = ema_momentum(t, total, args.ema_momentum, args.ema_end, args.ema_start)
+        net.momentum_update(m)
+        logged["ema_momentum"] = m
+    logged["loss"] = loss.detach()
+    return logged
+
+
 def train_epoch(model, net, loader, optimizer, scaler, epoch, args, device, schedules, show):
     """One epoch; returns the averages of the logged quantities."""
     model.train()
@@ -274,36 +308,8 @@ def train_epoch(model, net, loader, optimizer, scaler, epoch, args, device, sche
     sums, count = {}, 0
     bar = tqdm(loader, dynamic_ncols=True, disable=not show, desc=f"epoch {epoch + 1}/{args.epochs}")
     for i, (x, y) in enumerate(bar):
-        t = epoch * len(loader) + i
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logged = {}
-        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
-            if isinstance(net, MixerModel):
-                lam = np.random.beta(args.alpha, args.alpha, 2)  # [Mixer's, backbone's], one call as released
-                index_mb = torch.randperm(x.size(0)).to(device)
-                index_bb = torch.randperm(x.size(0)).to(device)
-                w = mask_weight(t)
-                out = model(x, y, lam, index_mb, index_bb, w)
-                logged = {k: out[k].detach() for k in ("loss_one_q", "loss_mix_q", "loss_mix_k", "loss_mask")}
-                logged["mask_weight"] = w
-            elif args.mix == "none":
-                out = model(x, y)
-            else:
-                xm, y_b, lam = mix_baseline(x, y, args)
-                out = model(xm, y, y_b, lam)
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise CLIError(f"the loss became {loss.item()} at epoch {epoch + 1}, iteration {i}: the run stops "
-                           f"before saving it (lower --lr, or leave out --amp)")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if isinstance(net, MixerModel):
-            m = ema_momentum(t, total, args.ema_momentum, args.ema_end, args.ema_start)
-            net.momentum_update(m)
-            logged["ema_momentum"] = m
-        logged["loss"] = loss.detach()
+        logged = train_step(model, net, x, y, epoch * len(loader) + i, optimizer, scaler, args, mask_weight, total)
         n = x.size(0)
         for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
