@@ -143,3 +143,23 @@ def test_bad_values_are_refused(argv, fragment):
     with pytest.raises(CLIError, match=fragment):
         _args(*argv)
 
+
+
+def test_summarize_protocols():
+    import pandas as pd
+    from SAMix.summarize import deployment, openmixup_median
+    df = pd.DataFrame({"epoch": [1, 2, 3, 4], "acc1_one_q": [10, 20, 30, 40], "acc5_one_q": [50, 60, 70, 80],
+                       "acc1_one_k": [12, 22, 32, 33], "acc5_one_k": [52, 62, 72, 74],
+                       "acc1_mix_q": [11, 21, 31, 41.5], "acc1_mix_k": [0, 0, 0, 0]})
+    assert deployment(df) == (33.0, 74.0, "one_k")
+    # medians of the last 2: one_q 35, one_k 32.5, mix_q 36.25 -> mix_q
+    assert openmixup_median(df, 2) == (36.25, "mix_q", 2)
+    # with the window search, N = 1 gives mix_q's last value
+    assert openmixup_median(df, 2, search_window=True) == (41.5, "mix_q", 1)
+
+
+def test_bench_runs_and_reports_a_ratio(capsys):
+    from bench.bench_samix import main
+    med = main(["-a", "resnet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--classes", "3"])
+    assert set(med) == {"none", "samix"} and all(v > 0 for v in med.values())
+    assert "samix / vanilla" in capsys.readouterr().out
