@@ -446,24 +446,48 @@ def write_curves(rows, path, title):
     plot_runs([(None, df)], path, title=title, columns=cols)
 
 
+# options that describe how this invocation runs, not the run itself: never taken from a checkpoint
+RUNTIME_OPTIONS = {"resume", "output_dir", "workers", "world_size", "rank", "dist_url", "dist_backend", "gpu",
+                   "multiprocessing_distributed", "nproc", "local_rank"}
+
+
+def given_options(parser, argv):
+    """The destinations of the options written on the command line ``argv``."""
+    saved = {a.dest: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for a in parser._actions:
+            a.default = saved[a.dest]
+
+
 def main(argv=None):
-    args = resolve_defaults(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)  # fail early, before any process starts
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("args"), dict) or "state_dict" not in ckpt:
+            raise CLIError(f"{args.resume} is not a {CHECKPOINT} of main_samix.py")
+        # the run's settings come from the checkpoint; options given again on the command line win
+        given = given_options(parser, sys.argv[1:] if argv is None else argv)
+        for key in ("dataset", "mix", "arch"):
+            if key in given and ckpt["args"].get(key) != getattr(args, key):
+                raise CLIError(f"--{key} {getattr(args, key)} differs from the checkpoint's {ckpt['args'].get(key)}")
+        for key, value in ckpt["args"].items():
+            if hasattr(args, key) and key not in given and key not in RUNTIME_OPTIONS:
+                setattr(args, key, value)
+        if not args.output_dir:
+            args.output_dir = os.path.dirname(os.path.abspath(args.resume))
+    args = resolve_defaults(args)
+    if ckpt is not None and ckpt.get("epoch", 0) >= args.epochs:
+        warnings.warn(f"the checkpoint already holds {ckpt['epoch']} of {args.epochs} epochs: nothing to train")
     plan = plan_launch(args)
     if args.dataset in ("tiny", "imagenet"):
         D.check_image_folder(D.split_dir(args.data, "train"))
         D.check_image_folder(D.split_dir(args.data, "val"))
-    if args.resume:
-        if not args.output_dir:
-            args.output_dir = os.path.dirname(os.path.abspath(args.resume))
-        ckpt = load_checkpoint(args.resume)  # fail early, before any process starts
-        if not isinstance(ckpt, dict) or "args" not in ckpt or "state_dict" not in ckpt:
-            raise CLIError(f"{args.resume} is not a {CHECKPOINT} of main_samix.py")
-        recorded = ckpt["args"]
-        for key in ("dataset", "mix", "arch"):
-            if recorded.get(key) != getattr(args, key):
-                raise CLIError(f"--{key} {getattr(args, key)} differs from the checkpoint's {recorded.get(key)}")
-        if ckpt.get("epoch", 0) >= args.epochs:
-            warnings.warn(f"the checkpoint already holds {ckpt['epoch']} of {args.epochs} epochs: nothing to train")
     args.output_dir = args.output_dir or f"./work_dirs/{args.dataset}_{args.arch}_{args.mix}"
     prepare_output_dir(args.output_dir, bool(args.resume), CHECKPOINT)
     launch(main_worker, args, plan)

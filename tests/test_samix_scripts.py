@@ -40,8 +40,8 @@ def test_samix_outputs_and_kill_9_resume_is_exact(cifar10_root, tmp_path):
                 lambda: ck.exists() and state(ck)["epoch"] >= 1)
     assert state(part / "latest.pth")["epoch"] < 2, "the run finished before it could be killed"
     assert_clean_error(train(cifar10_root, part, check=False), "--resume")
-    run_script([SCRIPT, "--dataset", "cifar10", "--data", cifar10_root, "--resume", part / "latest.pth",
-                "--epochs", 2, *TINY])
+    # the settings come from the checkpoint: --resume alone continues the run
+    run_script([SCRIPT, "--resume", part / "latest.pth", "-j", "0"])
     a, b = state(full / "latest.pth"), state(part / "latest.pth")
     assert b["epoch"] == 2
     for k in a["state_dict"]:
