@@ -163,3 +163,57 @@ def test_bench_runs_and_reports_a_ratio(capsys):
     med = main(["-a", "resnet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--classes", "3"])
     assert set(med) == {"none", "samix"} and all(v > 0 for v in med.values())
     assert "samix / vanilla" in capsys.readouterr().out
+
+
+def test_mask_adjust_rescales_the_mean_toward_lam():
+    net = _model()
+    m = torch.full((2, 32, 32), 0.2)  # partner weight 0.2 -> anchor mean 0.8
+    mask = torch.stack([1 - m, m], 1)
+    out = net.adjust_mask(mask, 0.5)  # 0.8 > 0.5 + 0.1: the anchor channel is scaled to mean 0.5
+    assert out[:, 0].mean().item() == pytest.approx(0.5) and torch.allclose(out.sum(1), torch.ones(2, 32, 32))
+    out = net.adjust_mask(mask, 0.9)  # 0.8 < 0.9 - 0.1 is false: within the margin, unchanged
+    assert torch.equal(out, mask)
+    out = net.adjust_mask(mask, 0.95)  # 0.8 < 0.85: the partner channel is scaled to mean 0.05
+    assert out[:, 1].mean().item() == pytest.approx(0.05)
+
+
+def test_a_non_finite_loss_stops_the_run_before_any_checkpoint():
+    from common.schedules import MaskWeight
+    from SAMix.main_samix import train_step
+    from SAMix.models import build_model
+    args = _args("--mix", "samix", "-a", "resnet_tiny")
+    net = build_model(args, 5)
+    opt = build_optimizer(net, args)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x, y, _, _ = _step_inputs()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CLIError, match="nan"):
+        train_step(net, net, x, y, 0, opt, scaler, args, MaskWeight("constant", 0.1, 10), 10)
+
+
+def test_iteration_losses_equal_a_step_by_step_computation():
+    torch.manual_seed(0)
+    net = MixerModel("resnet_tiny", 5, True, Mixer.samix(32, lam_mul_k=0.25, value_dropout=0.0))
+    x, y, i_mb, i_bb = _step_inputs()
+    lam_mb, lam_bb, w = 0.35, 0.6, 0.07
+    out = net(x, y, (lam_mb, lam_bb), i_mb, i_bb, w)
+    # train-mode BN normalises with batch statistics, so recomputing gives the same activations
+    with torch.no_grad():
+        f = net.backbone_k(x)[0]
+        m_mb = net.mixer(f, lam_mb, index=i_mb, image_width=32)["mask"]
+        m_bb = net.mixer(f, lam_bb, index=i_bb, image_width=32)["mask"]
+        x_mb = m_mb[:, :1] * x + m_mb[:, 1:] * x[i_mb]
+        x_bb = m_bb[:, :1] * x + m_bb[:, 1:] * x[i_bb]
+        z_k = net.head_mix_k(net.backbone_k(x_mb)[1])
+        l_k = lam_mb * F.cross_entropy(z_k, y) + (1 - lam_mb) * F.cross_entropy(z_k, y[i_mb])
+        z_q = net.head_mix_q(net.backbone_q(x_bb)[1])
+        l_mix_q = lam_bb * F.cross_entropy(z_q, y) + (1 - lam_bb) * F.cross_entropy(z_q, y[i_bb])
+        l_one_q = F.cross_entropy(net.head_one_q(net.backbone_q(x)[1]), y)
+        m = m_mb[:, 1]
+        l_mask = max(abs(1 - m.mean().item() - lam_mb) - 0.1, 0.0) - 2 * ((m - m.mean()) ** 2).mean().item()
+    assert out["loss_mix_k"].item() == pytest.approx(l_k.item(), rel=1e-5)
+    assert out["loss_mix_q"].item() == pytest.approx(l_mix_q.item(), rel=1e-5)
+    assert out["loss_one_q"].item() == pytest.approx(l_one_q.item(), rel=1e-5)
+    assert out["loss_mask"].item() == pytest.approx(l_mask, rel=1e-5, abs=1e-7)
+    total = l_mix_q + l_one_q + l_k + w * l_mask
+    assert out["loss"].item() == pytest.approx(total.item(), rel=1e-5)
