@@ -217,3 +217,15 @@ def test_iteration_losses_equal_a_step_by_step_computation():
     assert out["loss_mask"].item() == pytest.approx(l_mask, rel=1e-5, abs=1e-7)
     total = l_mix_q + l_one_q + l_k + w * l_mask
     assert out["loss"].item() == pytest.approx(total.item(), rel=1e-5)
+
+
+def test_backbone_keys_are_torchvisions():
+    import torchvision
+    from SAMix.models import Backbone
+    tv = torchvision.models.resnet18()
+    missing, unexpected = tv.load_state_dict(Backbone("resnet18").state_dict(), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    b = Backbone("resnet50", mask_layer=2)
+    assert (b.mask_channels, b.out_channels) == (1024, 2048)
+    x = torch.randn(1, 3, 64, 64)
+    assert b(x)[0].shape == (1, 1024, 4, 4)  # stride 16 at stage 3 with the ImageNet stem
