@@ -27,9 +27,9 @@ from tqdm import tqdm  # noqa: E402
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
-from common.logs import write_csv  # noqa: E402
+from common.logs import EpochLine, write_csv  # noqa: E402
 from common.mix import unmix_batch  # noqa: E402
-from common.utils import get_device, seed_everything, worker_count  # noqa: E402
+from common.utils import amp_dtype, get_device, seed_everything, worker_count  # noqa: E402
 from UnMix_SimCLR_BYOL import data as P  # noqa: E402
 from UnMix_SimCLR_BYOL.eval import add_eval_args, eval_loaders, evaluate  # noqa: E402
 from UnMix_SimCLR_BYOL.methods import build_model  # noqa: E402
@@ -139,10 +139,6 @@ def evaluate_now(epoch, args):
     first_drop = args.epochs - args.drop[0] if args.drop else -1  # htdt switches at ep == first_drop (never if < 0)
     period = args.eval_every_drop if 0 <= first_drop <= epoch else args.eval_every
     return (epoch + 1) % period == 0 or epoch + 1 == args.epochs
-
-
-def amp_dtype(device):
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def train_epoch(model, loader, optimizer, scaler, epoch, step, args, device):
@@ -261,6 +257,7 @@ def main(argv=None):
 
     # loop
     last = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
+    epoch_line = EpochLine(args.epochs, monitor="linear-probe top-1")
     for epoch in range(start_epoch, last):  # 0-based, as htdt; logs and checkpoints count from 1
         loss, base, lr, tau, step = train_epoch(model, train_loader, optimizer, scaler, epoch, step, args, device)
         row = {"epoch": epoch + 1, "train_loss": loss, "base_loss": base, "lr": lr}
@@ -279,6 +276,7 @@ def main(argv=None):
             save_atomic(model.state_dict(), results_dir / f"{HTDT_NAME[args.method]}_{args.dataset}_{epoch}.pt")
         df = write_csv(log_rows, results_dir / "log.csv")
         plot_runs([(results_dir.name, df.reset_index())], results_dir / "curves.png", title=str(results_dir))
+        print(epoch_line(epoch + 1, loss, lr, row.get("linear_acc@1")), flush=True)
     return results_dir
 
 

@@ -1,5 +1,9 @@
-"""Run logs: a CSV whose history lives in the checkpoint (so it survives resume exactly), and curves."""
+"""Run logs: a CSV whose history lives in the checkpoint (so it survives resume exactly), curves, and the
+one console line every training script prints per epoch."""
+import math
 import os
+import time
+import warnings
 
 import pandas as pd
 
@@ -125,3 +129,53 @@ def plot_runs(runs, png_path, title=None, columns=None, names=None, x="epoch"):
 def plot_curves(csv_path, png_path, x="epoch", title=None):
     """One panel per numeric column of the log ``csv_path`` against ``x``, saved to ``png_path``."""
     plot_runs([(None, pd.read_csv(csv_path))], png_path, title=title, x=x)
+
+
+class EpochLine:
+    """The one console line every training script prints at the end of an epoch, in the same shape::
+
+        epoch 3/200 | loss 6.1234 | lr 0.0599 | kNN top-1 45.20% | 12.3 s | ETA 0:40:12
+
+    ``monitor`` names the script's monitored accuracy (``kNN top-1``, ``linear-probe top-1``, ``pretext
+    top-1``, ...; ``None`` for a script without one, e.g. SwAV pretraining). Create it just before the epoch
+    loop; each call times the epoch since the previous call and estimates the rest from the mean so far.
+    """
+
+    def __init__(self, epochs, monitor=None):
+        self.epochs, self.monitor = epochs, monitor
+        self.start = self.last = time.time()
+        self.calls = 0
+
+    def __call__(self, epoch, loss, lr, acc=None):
+        """``epoch``: the number of epochs finished (1-based); ``acc`` in percent, or None / NaN when the
+        monitor did not run this epoch."""
+        now = time.time()
+        seconds, self.last = now - self.last, now
+        self.calls += 1
+        eta = (now - self.start) / self.calls * max(0, self.epochs - epoch)
+        if self.monitor is None:
+            acc_text = "no accuracy monitor"
+        elif acc is None or (isinstance(acc, float) and math.isnan(acc)):
+            acc_text = f"{self.monitor} -"
+        else:
+            acc_text = f"{self.monitor} {acc:.2f}%"
+        h, rest = divmod(int(round(eta)), 3600)
+        return (f"epoch {epoch}/{self.epochs} | loss {loss:.4f} | lr {lr:.4g} | {acc_text} | {seconds:.1f} s | "
+                f"ETA {h}:{rest // 60:02d}:{rest % 60:02d}")
+
+
+def warn_zero_lr_epochs(lrs, what="--epochs"):
+    """Warns once when a short run spends a noticeable share of its epochs at lr 0.
+
+    ``lrs``: the lr each epoch trains with. Upstream's per-epoch cosine (the MoCo CIFAR demo) reaches lr 0 in
+    the last epoch; over the published 1000 epochs that is nothing, but ``--epochs 1`` trains not at all and
+    ``--epochs 2`` wastes half the run. Warned when at least a tenth of the epochs train at lr 0.
+    """
+    zero = [i + 1 for i, lr in enumerate(lrs) if lr == 0]
+    if zero and len(zero) * 10 >= len(lrs):
+        warnings.warn(f"with {what} {len(lrs)} the schedule trains epoch{'s' if len(zero) > 1 else ''} "
+                      f"{', '.join(map(str, zero))} of {len(lrs)} at lr 0 (upstream's per-epoch cosine reaches 0 "
+                      f"in the last epoch): those epochs do not change the weights; use more epochs",
+                      stacklevel=2)
+        return True
+    return False

@@ -15,6 +15,11 @@ def get_device(local_rank=None):
     return torch.device("cpu")
 
 
+def amp_dtype(device):
+    """The autocast dtype of ``--amp``: float16 on CUDA (with a GradScaler), bfloat16 on the CPU."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def seed_everything(seed, deterministic=False):
     """Seeds Python, NumPy's global RNG and torch (all devices)."""
     random.seed(seed)

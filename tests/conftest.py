@@ -1,5 +1,6 @@
 """Shared fixtures: tiny on-disk datasets and a helper that runs an entry script as a user would."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,3 +74,21 @@ def assert_clean_error(p, *fragments):
     assert len(lines) >= 1, p.stderr
     for frag in fragments:
         assert frag.lower() in p.stderr.lower(), (frag, p.stderr)
+
+
+# common.logs.EpochLine: "epoch 3/200 | loss 6.1234 | lr 0.0599 | kNN top-1 45.20% | 12.3 s | ETA 0:40:12"
+EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) \| loss (\S+) \| lr (\S+) \| (.+?) \| (\d+\.\d) s \| ETA (\d+:\d\d:\d\d)$",
+                        re.M)
+
+
+def assert_epoch_lines(output, epochs, total, monitor):
+    """``output`` holds one per-epoch summary line for each of ``epochs`` (numbers), of ``total`` epochs, in the
+    shared shape, with the script's monitored accuracy named ``monitor`` (None: 'no accuracy monitor')."""
+    found = EPOCH_LINE.findall(output)
+    assert [int(f[0]) for f in found] == list(epochs), output[-3000:]
+    for _, tot, loss, lr, acc, _, _ in found:
+        assert int(tot) == total and float(loss) == float(loss) and float(lr) >= 0
+        if monitor is None:
+            assert acc == "no accuracy monitor", acc
+        else:
+            assert re.fullmatch(re.escape(monitor) + r" (\d+\.\d\d%|-)", acc), acc

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, kill_9_when, run_script
+from conftest import ROOT, assert_clean_error, assert_epoch_lines, kill_9_when, run_script
 
 C10 = "UnMix_MoCo/for_CIFAR/unmix_c10.py"
 C100 = "UnMix_MoCo/for_CIFAR/unmix_c100.py"
@@ -36,6 +36,7 @@ def test_c10_run_writes_upstream_outputs(c10_run):
     assert ckpt["epoch"] == 2 and {"state_dict", "optimizer"} <= set(ckpt)
     assert ckpt["state_dict"]["queue"].shape == (128, 16)
     assert "Train Epoch: [2/2]" in p.stderr and "Acc@1" in p.stdout
+    assert_epoch_lines(p.stdout, [1, 2], 2, "kNN top-1")
     assert (out / "curves.png").stat().st_size > 5000
 
 

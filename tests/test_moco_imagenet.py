@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchvision.models as models
 
 from common.cli import CLIError
-from conftest import ROOT, assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, assert_epoch_lines, run_script
 from UnMix_MoCo.for_ImageNet import main_lincls_unmix as lincls
 from UnMix_MoCo.for_ImageNet import main_moco_unmix as pretrain
 from UnMix_MoCo.for_ImageNet.moco.builder import MoCo
@@ -224,6 +224,7 @@ def test_lincls_trains_from_released_layout_and_passes_sanity_check(tmp_path, im
                     "--pretrained", tmp_path / "moco.pth.tar", "--output-dir", out])
     assert "=> sanity check passed." in p.stdout
     assert " * Acc@1 " in p.stdout
+    assert_epoch_lines(p.stdout, [1], 1, "linear-probe top-1")
     ckpt = torch.load(out / "checkpoint.pth.tar", weights_only=False)
     assert {"epoch", "arch", "state_dict", "best_acc1", "optimizer"} <= set(ckpt)
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "resnet18"
@@ -258,6 +259,7 @@ def test_pretrain_single_process_writes_upstream_checkpoint(tmp_path, imagefolde
     p = run_script([PRETRAIN, imagefolder_root, *TINY, "-b", "8", "--epochs", "1", "--moco-k", "16",
                     "--moco-dim", "8", "--mlp", "--aug-plus", "--cos", "--output-dir", out, "--seed", "0"])
     assert "single: 1 process" in p.stdout
+    assert_epoch_lines(p.stdout, [1], 1, "pretext top-1")
     ckpt = torch.load(out / "checkpoint_0000.pth.tar", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "resnet18"
     torch.manual_seed(0)
@@ -437,3 +439,15 @@ def test_run_sh_resolves_relative_data_and_out_from_the_callers_directory(tmp_pa
     assert calls[1][-1] == str(tmp_path / "imnet")
     for argv, out in ((calls[3], tmp_path / "out"), (calls[6], tmp_path / "abs_out")):
         assert argv[argv.index("MODEL.WEIGHTS") + 1] == str(out / "detectron2.pkl")
+
+
+def test_pretrain_amp_runs_and_saves_the_scaler_state(tmp_path, imagefolder_root):
+    """--amp (the shared addition; upstream MoCo had none): autocast bfloat16 on the CPU, finite loss, the
+    GradScaler state in the checkpoint, and the default run's checkpoint without it (upstream's keys)."""
+    common = [str(imagefolder_root), *TINY, "-b", "8", "--moco-k", "16", "--moco-dim", "8", "--epochs", "1",
+              "--unmix_prob", "0.5", "--seed", "0"]
+    pretrain.main(common + ["--amp", "--output-dir", str(tmp_path / "amp")])
+    ckpt = torch.load(tmp_path / "amp" / "checkpoint_0000.pth.tar", weights_only=False)
+    assert "scaler" in ckpt and math.isfinite(ckpt["log"][0]["loss"])
+    pretrain.main(common + ["--output-dir", str(tmp_path / "fp32")])
+    assert "scaler" not in torch.load(tmp_path / "fp32" / "checkpoint_0000.pth.tar", weights_only=False)

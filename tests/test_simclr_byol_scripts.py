@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import assert_clean_error, run_script
+from conftest import assert_clean_error, assert_epoch_lines, run_script
 from common.cli import CLIError
 
 MAIN = "UnMix_SimCLR_BYOL/main_unmix.py"
@@ -97,7 +97,8 @@ def test_eval_reads_checkpoint_and_reproduces_logged_knn(byol_runs, cifar10_root
 
 def test_baselines_other_datasets_and_figure2(byol_runs, cifar10_root, cifar100_root, imagefolder_root, tmp_path):
     tmp, _ = byol_runs
-    train("byol", "cifar10", cifar10_root, tmp_path / "byol_base", "--epochs", "1", "--no-unmix")
+    p = train("byol", "cifar10", cifar10_root, tmp_path / "byol_base", "--epochs", "1", "--no-unmix")
+    assert_epoch_lines(p.stdout, [1], 1, "linear-probe top-1")
     from UnMix_SimCLR_BYOL import main_unmix  # in-process (same code as the subprocess runs, no import cost)
     main_unmix.main(["--method", "simclr", "--dataset", "cifar100", "--data", str(cifar100_root), "--results-dir",
                      str(tmp_path / "simclr_base"), *TINY, "--epochs", "1", "--no-unmix", "--probe-epochs", "0"])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import ROOT, assert_clean_error, run_script, script_env
+from conftest import ROOT, assert_clean_error, assert_epoch_lines, run_script, script_env
 from fakedata import make_cifar
 from common.dist import free_port
 from common.cli import CLIError
@@ -306,6 +306,7 @@ def test_imagenet_linear_eval_on_an_image_folder(imagenet_like, tmp_path):
                     "--val_resize", "36", "--pretrained", ck, "--dump_path", dump, "--epochs", "1",
                     "--workers", "0", "--batch_size", "4"])
     assert 0 <= final_accuracy(p.stdout) <= 100
+    assert_epoch_lines(p.stdout, [1], 1, "linear-probe top-1")
     out = torch.load(dump / "checkpoint.pth.tar", weights_only=False)
     assert out["state_dict"]["module.linear.weight"].shape == (3, 2048)  # classes from the folder
     # a CIFAR-stem checkpoint does not fit the ImageNet stem
@@ -329,6 +330,7 @@ def test_semisup_fine_tunes_on_the_local_subset(imagenet_like, tmp_path):
                     "--crop_size", "32", "--val_resize", "36", "--pretrained", ck, "--dump_path", dump,
                     "--epochs", "1", "--workers", "0", "--batch_size", "3"])
     assert "Test accuracies: top-1" in p.stdout
+    assert_epoch_lines(p.stdout, [1], 1, "fine-tuned top-1")
     assert "with 6 labelled images (1%)" in p.stdout  # exactly the listed files
     out = torch.load(dump / "checkpoint.pth.tar", weights_only=False)
     assert {"epoch", "state_dict", "optimizer", "scheduler", "best_acc"} <= set(out)

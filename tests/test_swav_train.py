@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, assert_clean_error, run_script, script_env
+from conftest import ROOT, assert_clean_error, assert_epoch_lines, run_script, script_env
 from fakedata import make_cifar
 from common.cli import CLIError
 from common.dist import free_port
@@ -63,7 +63,9 @@ def test_cifar_one_process_layout_keys_and_exact_resume(tiny_cifar, tmp_path):
     args = [CIFAR, "--data_path", tiny_cifar, "--epochs", "2", "--size_crops", "16", "--queue_length", "16",
             "--epoch_queue_starts", "1", "--freeze_prototypes_niters", "2", *TINY]
     a = tmp_path / "a"
-    run_script(args + ["--dump_path", a])
+    p = run_script(args + ["--dump_path", a])
+    assert_epoch_lines(p.stderr, [1, 2], 2, None)  # console: stderr, as upstream's pretraining
+    assert "Bottleneck" in (a / "train.log").read_text() and "Bottleneck" not in p.stdout + p.stderr  # model
     ckpt = _assert_layout(a, 1, queue=True)
     sd = ckpt["state_dict"]
     # upstream: 184 entries for resnet18-Bottleneck + head, CIFAR stem, module. prefix

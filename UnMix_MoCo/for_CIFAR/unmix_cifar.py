@@ -29,10 +29,10 @@ from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint,
                                set_rng_state)
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, save_args  # noqa: E402
 from common.knn import knn_accuracy  # noqa: E402
-from common.logs import plot_curves, write_csv  # noqa: E402
+from common.logs import EpochLine, plot_curves, warn_zero_lr_epochs, write_csv  # noqa: E402
 from common.mix import unmix_batch, unmix_loss  # noqa: E402
 from common.moco import contrastive_logits, dequeue_and_enqueue, freeze_copy, momentum_update, new_queue  # noqa: E402
-from common.utils import get_device, seed_everything, worker_count  # noqa: E402
+from common.utils import amp_dtype, get_device, seed_everything, worker_count  # noqa: E402
 
 CHECKPOINT = "model_last.pth"
 
@@ -298,10 +298,6 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device):
     return total_loss / total_num
 
 
-def amp_dtype(device):
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
 def check_args(args):
     for name in ("bn_splits", "moco_k", "moco_dim", "image_size", "knn_k"):
         if getattr(args, name) < 1:
@@ -329,6 +325,7 @@ def default_results_dir(args):
 def main(dataset="cifar10", argv=None):
     args = build_parser(dataset).parse_args(argv)
     check_args(args)
+    warn_zero_lr_epochs([learning_rate(e, args) for e in range(1, args.epochs + 1)])
     if args.resume and not args.results_dir:
         args.results_dir = os.path.dirname(os.path.abspath(args.resume))
     args.results_dir = args.results_dir or default_results_dir(args)
@@ -380,6 +377,7 @@ def main(dataset="cifar10", argv=None):
     save_args(args, results_dir / "args.json")
 
     # loop
+    epoch_line = EpochLine(args.epochs, monitor="kNN top-1")
     for epoch in range(epoch_start, args.epochs + 1):
         train_loss = train_epoch(model, train_loader, optimizer, scaler, epoch, args, device)
         test_acc = float("nan")
@@ -393,4 +391,5 @@ def main(dataset="cifar10", argv=None):
                      "args": vars(args)}, results_dir / CHECKPOINT)
         write_csv(log_rows, results_dir / "log.csv")
         plot_curves(results_dir / "log.csv", results_dir / "curves.png", title=str(results_dir))
+        print(epoch_line(epoch, train_loss, optimizer.param_groups[0]["lr"], test_acc), flush=True)
     return results_dir

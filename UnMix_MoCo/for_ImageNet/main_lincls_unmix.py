@@ -35,7 +35,7 @@ from common.checkpoint import check_compatible, load_checkpoint, save_atomic, st
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
 from common.dist import barrier, cleanup, is_dist  # noqa: E402
-from common.logs import write_csv  # noqa: E402
+from common.logs import EpochLine, write_csv  # noqa: E402
 from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
                                                       per_process_workers, plan_launch, setup_worker)
@@ -198,6 +198,7 @@ def main_worker(local_index, args, plan):
     out = Path(args.output_dir)
     if is_main:
         save_args(args, out / "args.json")
+    epoch_line = EpochLine(args.epochs, monitor="linear-probe top-1")
     for epoch in range(args.start_epoch, args.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -219,6 +220,7 @@ def main_worker(local_index, args, plan):
             write_csv(rows, out / LOG_NAME)
             if epoch == args.start_epoch and args.pretrained:  # guarded: upstream crashed without --pretrained
                 sanity_check(state, args.pretrained)
+            log(epoch_line(epoch + 1, train["loss"], lr, val["acc1"]))
     log(f"best Acc@1 {best_acc1:.3f}")
     barrier()  # nobody leaves while the main process is still saving
     cleanup()

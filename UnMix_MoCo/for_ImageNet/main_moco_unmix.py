@@ -35,9 +35,9 @@ from common.checkpoint import check_compatible, load_checkpoint, save_atomic, st
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.data import TwoCrops, check_image_folder, image_folder, split_dir  # noqa: E402
 from common.dist import barrier, cleanup, is_dist  # noqa: E402
-from common.logs import plot_curves, write_csv  # noqa: E402
+from common.logs import EpochLine, plot_curves, write_csv  # noqa: E402
 from common.mix import unmix_batch, unmix_loss  # noqa: E402
-from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
+from common.utils import AverageMeter, accuracy, amp_dtype, worker_count  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.builder import MoCo  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
                                                       per_process_workers, plan_launch, setup_worker)
@@ -79,6 +79,9 @@ def get_parser():
     p.add_argument("--keep-last", default=0, type=int,
                    help="keep only the newest N checkpoint_XXXX.pth.tar (0: keep all, as upstream)")
     p.add_argument("--crop-size", default=224, type=int, help="RandomResizedCrop size (224 upstream)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision with torch.amp (CUDA float16 + GradScaler, CPU bfloat16); off, as "
+                        "upstream MoCo, which had none")
     return p
 
 
@@ -117,7 +120,7 @@ def unmix_step(model, im_q, im_k, criterion, args):
                   "lam": lam}, output, target
 
 
-def train_one_epoch(loader, model, criterion, optimizer, epoch, args, device, log):
+def train_one_epoch(loader, model, criterion, optimizer, epoch, args, device, log, scaler=None):
     meters = {n: AverageMeter(n.capitalize(), ":.4e") for n in ("loss", "loss_cl", "loss_mix", "loss_mix_flip")}
     meters.update(acc1=AverageMeter("Acc@1", ":6.2f"), acc5=AverageMeter("Acc@5", ":6.2f"),
                   time=AverageMeter("Time", ":6.3f"), data=AverageMeter("Data", ":6.3f"))
@@ -127,7 +130,8 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, device, lo
         meters["data"].update(time.time() - end)
         im_q = images[0].to(device, non_blocking=True)
         im_k = images[1].to(device, non_blocking=True)
-        loss, parts, output, target = unmix_step(model, im_q, im_k, criterion, args)
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=getattr(args, "amp", False)):
+            loss, parts, output, target = unmix_step(model, im_q, im_k, criterion, args)
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
         n = im_q.size(0)
         meters["loss"].update(loss.item(), n)
@@ -137,8 +141,13 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, device, lo
         meters["acc1"].update(acc1.item(), n)
         meters["acc5"].update(acc5.item(), n)
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # --amp; a disabled scaler (CPU) is the plain step
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         meters["time"].update(time.time() - end)
         end = time.time()
         if i % args.print_freq == 0:
@@ -178,11 +187,15 @@ def main_worker(local_index, args, plan):
     # all parameters (q then k) in one group, as upstream: the k tensors never get a grad
     optimizer = torch.optim.SGD(net.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda") if args.amp else None
+
     rows = []
     if args.resume:
         ckpt = read_resume(args.resume, net, map_location=device)
         net.load_state_dict(strip_prefix(ckpt["state_dict"], "module."))
         optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):  # {} from a run without --amp: nothing to restore
+            scaler.load_state_dict(ckpt["scaler"])
         args.start_epoch = ckpt["epoch"]
         rows = list(ckpt.get("log", []))
         restore_rng_states(ckpt.get("rng_states"), rank, world)
@@ -192,23 +205,26 @@ def main_worker(local_index, args, plan):
     out = Path(args.output_dir)
     if is_main:
         save_args(args, out / "args.json")
+    epoch_line = EpochLine(args.epochs, monitor="pretext top-1")
     for epoch in range(args.start_epoch, args.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
         lr = adjust_learning_rate(optimizer, epoch, args)
-        stats = train_one_epoch(loader, model, criterion, optimizer, epoch, args, device, log)
+        stats = train_one_epoch(loader, model, criterion, optimizer, epoch, args, device, log, scaler)
         rng_states = gather_rng_states()  # collective: every process takes part
         if is_main:  # one process saves (upstream: the first process of every node)
             rows.append({"epoch": epoch + 1, "lr": lr, **stats})
             path = out / f"checkpoint_{epoch:04d}.pth.tar"
             save_atomic({"epoch": epoch + 1, "arch": args.arch, "state_dict": module_state_dict(net),
-                         "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows}, path)
+                         "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows,
+                         **({"scaler": scaler.state_dict()} if scaler is not None else {})}, path)
             write_csv(rows, out / LOG_NAME)
             plot_curves(out / LOG_NAME, out / "curves.png")
             if args.keep_last > 0:
                 for old in sorted(glob.glob(str(out / "checkpoint_[0-9]*.pth.tar")))[:-args.keep_last]:
                     os.remove(old)
             log(f"=> saved {path}")
+            log(epoch_line(epoch + 1, stats["loss"], lr, stats.get("acc1")))
     barrier()  # nobody leaves while the main process is still saving
     cleanup()
 

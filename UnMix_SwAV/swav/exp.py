@@ -32,6 +32,10 @@ class LogFormatter(logging.Formatter):
         return "%s - %s" % (prefix, message) if message else ""
 
 
+# logger.info(msg, extra=FILE_ONLY): written to train.log, not shown on the console (the model printout)
+FILE_ONLY = {"file_only": True}
+
+
 def create_logger(filepath, rank=0, name="swav", console="stdout"):
     """File handler (DEBUG) at ``filepath`` (``filepath-{rank}`` for rank > 0) + the console (INFO):
     ``console`` is ``"stdout"`` (the evaluation scripts) or ``"stderr"`` (pretraining, as upstream's
@@ -50,6 +54,7 @@ def create_logger(filepath, rank=0, name="swav", console="stdout"):
         logger.addHandler(fh)
     ch = logging.StreamHandler(getattr(sys, console))
     ch.setLevel(logging.INFO)
+    ch.addFilter(lambda record: not getattr(record, "file_only", False))  # logger.info(..., extra=FILE_ONLY)
     ch.setFormatter(formatter)
     logger.addHandler(ch)
     return logger

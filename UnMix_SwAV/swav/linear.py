@@ -33,7 +33,7 @@ from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint,
 from common.cli import CLIError, HelpFormatter, add_local_rank_arg, bool_flag, prepare_output_dir
 from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
 from common.dist import barrier, cleanup, init_distributed, launcher_env
-from common.logs import write_csv
+from common.logs import EpochLine, write_csv
 from common.utils import AverageMeter, accuracy, seed_everything, worker_count
 
 from .exp import PDStats, initialize_exp, rows_before
@@ -361,6 +361,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
         if rng is not None:
             set_rng_state(rng)
 
+    epoch_line = EpochLine(args.epochs, monitor="linear-probe top-1" if head is not None else "fine-tuned top-1")
     for epoch in range(start_epoch, args.epochs):
         logger.info(f"============ Starting epoch {epoch} ... ============")
         sampler.set_epoch(epoch)
@@ -372,6 +373,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
             logger.info(f"Test:\tLoss {scores_val[0]:.4f}\tAcc@1 {scores_val[1]:.3f}\tAcc@5 {scores_val[2]:.3f}\t"
                         f"Best Acc@1 so far {best[0]:.1f}")
         stats.update(scores + scores_val)
+        lr = optimizer.param_groups[-1]["lr"]  # the head's (semisup: --lr_last_layer), before the step
         scheduler.step()
         # every process's RNG state and stats rows, for an exact resume (as pretraining)
         rng_states, rows = zip(*gather_objects((get_rng_state(), stats.rows), world))
@@ -385,6 +387,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
                          "stats": list(rows), "rng_states": list(rng_states)},
                         os.path.join(args.dump_path, CHECKPOINT))
             write_csv([dict(zip(stats.columns, r)) for r in stats.rows], os.path.join(args.dump_path, "stats.csv"))
+            logger.info(epoch_line(epoch + 1, scores[1], lr, scores_val[1]))
     return best
 
 

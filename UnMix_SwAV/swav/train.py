@@ -33,10 +33,11 @@ from common.cli import CLIError, HelpFormatter, add_local_rank_arg, bool_flag, p
 from common.data import cifar, image_folder
 from common.dist import barrier, init_distributed, launcher_env
 from common.larc import LARC
+from common.logs import EpochLine
 from common.mix import draw_mix_params
 from common.utils import AverageMeter, seed_everything, worker_count
 
-from .exp import PDStats, initialize_exp, rows_before
+from .exp import FILE_ONLY, PDStats, initialize_exp, rows_before
 from .loss import SwAVLoss, make_unmix_inputs, unmix_swav_loss
 from .multicrop import cifar_multicrop, imagenet_multicrop
 from .resnet import ARCHS, build
@@ -308,7 +309,7 @@ def main(variant, argv=None):
                   nmb_prototypes=args.nmb_prototypes, cifar_stem=variant == "cifar")
     model = apply_sync_bn(model, args, world, device).to(device)
     if rank == 0:
-        logger.info(model)
+        logger.info(model, extra=FILE_ONLY)  # ~110 lines: train.log only, not the console
     logger.info("Building model done.")
     raw_model = model  # the un-wrapped model (DDP below); its keys get "module." in checkpoints
 
@@ -392,6 +393,7 @@ def main(variant, argv=None):
     if rng_states is not None:
         set_rng_state(rng_states[rank])
 
+    epoch_line = EpochLine(args.epochs)  # SwAV pretraining monitors no accuracy
     for epoch in range(start_epoch, args.epochs):
         logger.info(f"============ Starting epoch {epoch} ... ============")
         sampler.set_epoch(epoch)
@@ -401,6 +403,7 @@ def main(variant, argv=None):
         (ep, loss), queue = train_one_epoch(loader, model, raw_model, optimizer, scaler, epoch, schedule,
                                             queue, swav_loss, args, device, use_amp)
         stats.update((ep, loss))
+        lr = optimizer.optim.param_groups[0]["lr"]  # the schedule's last value of the epoch
         # every rank's RNG state and stats rows, for an exact resume
         rng, rows = zip(*gather_objects((get_rng_state(), stats.rows), world))
         if rank == 0:
@@ -413,6 +416,7 @@ def main(variant, argv=None):
             save_atomic(save_dict, ckpt_path)
             if epoch % args.checkpoint_freq == 0 or epoch == args.epochs - 1:
                 save_atomic(save_dict, ckpt_dir / f"ckp-{epoch}.pth")
+            logger.info(epoch_line(epoch + 1, loss, lr))
         if queue is not None:
             save_atomic({"queue": queue}, queue_path)
         barrier()
