@@ -39,10 +39,10 @@ from common import data as D  # noqa: E402
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic  # noqa: E402
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.dist import all_reduce_sum, barrier, cleanup, is_dist  # noqa: E402
-from common.logs import plot_runs, write_csv  # noqa: E402
+from common.logs import EpochLine, plot_runs, write_csv  # noqa: E402
 from common.mix import rand_bbox  # noqa: E402
 from common.schedules import MASK_WEIGHT_SCHEDULES, MaskWeight, cosine, ema_momentum  # noqa: E402
-from common.utils import seed_everything, worker_count  # noqa: E402
+from common.utils import amp_dtype, seed_everything, worker_count  # noqa: E402
 from SAMix.models import ARCHS, MixerModel, build_model  # noqa: E402
 from SAMix.plots import plot_masks  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.distributed import add_dist_args, launch, plan_launch, setup_worker  # noqa: E402
@@ -263,10 +263,6 @@ def mix_baseline(x, y, args):
     return x, y[index], 1.0 - (x2 - x1) * (y2 - y1) / (x.size(-1) * x.size(-2))
 
 
-def amp_dtype(device):
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
 def train_step(model, net, x, y, t, optimizer, scaler, args, mask_weight, total):
     """One iteration ``t`` (0-based, of ``total``): losses, backward, SGD step and, for automix/samix, the EMA
     update of k. Returns the logged values (tensors or floats)."""
@@ -408,6 +404,7 @@ def main_worker(local_index, args, plan):
     if show:
         save_args(args, out / "args.json")
     plot_idx = list(range(min(6, len(val_set))))
+    epoch_line = EpochLine(args.epochs, monitor="val top-1")  # of the deployed classifier, the one_q head
     for epoch in range(start, args.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -420,7 +417,7 @@ def main_worker(local_index, args, plan):
         row.update({k: float(v) for k, v in stats.items()})
         row.update(acc)
         rows.append(row)
-        log(f"epoch {epoch + 1}: " + " ".join(f"{k} {v:.2f}" for k, v in acc.items() if k.startswith("acc1")))
+        log(epoch_line(epoch + 1, row["loss"], lrs["backbone"], acc.get("acc1_one_q")))
         last = epoch + 1 == args.epochs
         if show and isinstance(net, MixerModel) and args.plot_every and ((epoch + 1) % args.plot_every == 0 or last):
             x = torch.stack([val_set[i][0] for i in plot_idx]).to(device)

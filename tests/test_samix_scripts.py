@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, kill_9_when, run_script
+from conftest import ROOT, assert_clean_error, assert_epoch_lines, kill_9_when, run_script
 from common.dist import free_port
 
 SCRIPT = ROOT / "SAMix" / "main_samix.py"
@@ -60,8 +60,9 @@ def test_samix_outputs_and_kill_9_resume_is_exact(cifar10_root, tmp_path):
 def test_each_mode_runs(mix, dataset, extra, cifar10_root, imagefolder_root, tmp_path):
     data = cifar10_root if dataset == "cifar10" else imagefolder_root
     out = tmp_path / mix
-    run_script([SCRIPT, "--dataset", dataset, "--data", data, "--output-dir", out, "--epochs", 1, "--mix", mix,
-                *TINY, *extra])
+    p = run_script([SCRIPT, "--dataset", dataset, "--data", data, "--output-dir", out, "--epochs", 1, "--mix", mix,
+                    *TINY, *extra])
+    assert_epoch_lines(p.stdout, [1], 1, "val top-1")
     log = pd.read_csv(out / "log.csv")
     heads = ["one_q"] if mix in ("none", "mixup", "cutmix") else ["one_q", "mix_q", "one_k", "mix_k"]
     assert [c for c in log if c.startswith("acc1_")] == [f"acc1_{h}" for h in heads]

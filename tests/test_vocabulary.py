@@ -25,10 +25,11 @@ def test_table_covers_every_training_script_and_every_shared_concept():
     t = table()
     assert set(t) == {"UnMix_MoCo/for_CIFAR/unmix_c10.py", "UnMix_MoCo/for_CIFAR/unmix_c100.py",
                       "UnMix_MoCo/for_ImageNet/main_moco_unmix.py", "UnMix_SwAV/for_CIFAR/main_swav_unmix.py",
-                      "UnMix_SwAV/for_ImageNet/main_swav_unmix.py", "UnMix_SimCLR_BYOL/main_unmix.py"}
+                      "UnMix_SwAV/for_ImageNet/main_swav_unmix.py", "UnMix_SimCLR_BYOL/main_unmix.py",
+                      "SAMix/main_samix.py"}
     for script, concepts in t.items():
-        for concept in ("data", "output folder", "baseline switch (no Un-Mix)", "resume exactly", "seed",
-                        "mixed precision (torch.amp)"):
+        for concept in ("data", "output folder", "baseline switch", "resume exactly", "seed",
+                        "mixed precision"):
             key = next(k for k in concepts if k.startswith(concept))
             assert concepts[key], f"{script} has nothing for {concept}"
 
