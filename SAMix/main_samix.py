@@ -19,6 +19,7 @@ losses, schedules, top-1/top-5 of every head), ``curves.png``, and ``masks_epoch
 Mixer mask, mixture for a few validation images) every ``--plot-every`` epochs.
 """
 import argparse
+import inspect
 import os
 import sys
 import warnings
@@ -380,8 +381,11 @@ def main_worker(local_index, args, plan):
     # model
     net = build_model(args, num_classes).to(device)
     ids = [device.index] if device.type == "cuda" else None
-    # released: find_unused_parameters=False, broadcast_buffers=False (each process keeps its BN buffers)
-    model = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False) if is_dist() else net
+    # released: find_unused_parameters=False, broadcast_buffers=False (each process keeps its BN buffers;
+    # they start equal: same seed, same checkpoint). PyTorch >= 2.14 names it forward_sync_buffers.
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in \
+        inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
+    model = DistributedDataParallel(net, device_ids=ids, **no_sync) if is_dist() else net
     optimizer = build_optimizer(net, args)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
     total = args.epochs * len(loader)
