@@ -13,6 +13,9 @@ Loss (``unmix.mix``):
     embeddings of the mixture) against the same targets.
 SAMix / AutoMix (``unmix.mixer``): ``Mixer`` (the learnable mixing-mask module), ``mask_loss``,
     ``rescale_lam``.
+Augmentation on the training device (``unmix.device_aug``): ``DeviceTransform(torchvision_transform)`` applies
+    a torchvision training transform (RandomResizedCrop, flip, ColorJitter, grayscale, normalise) to a whole
+    uint8 batch on its device with per-sample draws; ``DeviceLoader`` feeds a data set held on the device.
 
 RNG: by default the mixing draws come from NumPy's *global* RNG in upstream's order, so
 ``np.random.seed(s)`` replays upstream's λ and boxes; pass ``rng=np.random.RandomState(seed)`` for a
@@ -26,6 +29,7 @@ _API = {
     "rand_bbox": "mix", "draw_mix_params": "mix", "mix_with_reverse": "mix", "unmix_batch": "mix",
     "unmix_loss": "mix",
     "Mixer": "mixer", "mask_loss": "mixer", "rescale_lam": "mixer",
+    "DeviceTransform": "device_aug", "DeviceLoader": "device_aug",
 }
 __all__ = sorted(_API)
 

@@ -53,6 +53,8 @@ def test_api_names_are_the_functions_of_the_modules():
     from common import mix, mixer
     assert common.unmix_batch is mix.unmix_batch and common.unmix_loss is mix.unmix_loss
     assert common.Mixer is mixer.Mixer
+    from common import device_aug
+    assert common.DeviceTransform is device_aug.DeviceTransform and common.DeviceLoader is device_aug.DeviceLoader
     assert set(common.__all__) <= set(dir(common))
     # unmix_loss is the paper's objective
     assert common.unmix_loss(1.0, 2.0, 4.0, 0.25) == 1.0 + 0.25 * 2.0 + 0.75 * 4.0
@@ -93,7 +95,7 @@ def _run_example(py, cwd):
     code = readme_example() + EXAMPLE_CHECKS + (
         "import importlib.metadata as m, sys\n"
         "print('DIST', m.distribution('unmix').locate_file(''))\n"
-        "import unmix.checkpoint, unmix.data, unmix.knn, unmix.larc, unmix.logs, unmix.mixer\n")
+        "import unmix.checkpoint, unmix.data, unmix.knn, unmix.larc, unmix.logs, unmix.mixer, unmix.device_aug\n")
     p = subprocess.run([str(py), "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "EXAMPLE-OK" in p.stdout, p.stderr[-3000:]
     return p.stdout
