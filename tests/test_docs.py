@@ -65,3 +65,27 @@ def test_docstrings_cite_the_faithfulness_page_that_exists():
     cited = [p for p in repo_files() if p.suffix == ".py" and "docs/faithfulness.md" in p.read_text()]
     assert cited, "no docstring points at docs/faithfulness.md"
     assert (ROOT / "docs" / "faithfulness.md").is_file()
+
+
+def test_default_outputs_of_the_readme_commands_are_ignored_by_git():
+    """`git status` stays clean after the quick start and the READMEs' commands with default outputs."""
+    outputs = [
+        "data/cifar-10-batches-py/data_batch_1",  # CIFAR downloads
+        "UnMix_symmetric_C10/model_last.pth", "UnMix_asymmetric_C100/log.csv", "MoCo_symmetric_C10/curves.png",
+        "MoCo_asymmetric_ImageFolder/args.json",  # MoCo CIFAR demo
+        "checkpoint_0199.pth.tar", "log.csv", "args.json", "curves.png",  # MoCo ImageNet (--output-dir .)
+        "runs/unmix_c10_sym/model_last.pth",  # the README's explicit --results-dir / --output-dir
+        "results/simclr_cifar10_unmix/model_last.pth", "results/byol_cifar100_baseline/byol_cifar100_99.pt",
+        "experiments/unmix_swav_cifar_128_resnet18_400ep_100prot_cifar10/checkpoint.pth.tar",  # SwAV
+        "stats0.pkl", "train.log", "params.pkl", "checkpoints/ckp-0.pth",  # SwAV evaluation (--dump_path .)
+        "released_checkpoints/unmix_moco_c10_symmetric/model_last.pth", "eval_unmix_moco_c10_symmetric/x.txt",
+        "figure2.png", "figure2_moco.png",
+    ]
+    p = subprocess.run(["git", "check-ignore", "--no-index", "-v", "-n", *outputs], cwd=ROOT, capture_output=True,
+                       text=True)
+    not_ignored = [line.split("\t")[-1] for line in p.stdout.splitlines() if line.startswith("::")]
+    assert not not_ignored, f"git status would show: {not_ignored}"
+    # and the repository's own files are not ignored
+    tracked = subprocess.run(["git", "ls-files", "-ci", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.split()
+    assert not tracked, f"tracked files matched by .gitignore: {tracked}"
