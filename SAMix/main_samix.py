@@ -408,7 +408,9 @@ def main_worker(local_index, args, plan):
     if show:
         save_args(args, out / "args.json")
     plot_idx = list(range(min(6, len(val_set))))
-    epoch_line = EpochLine(args.epochs, monitor="val top-1")  # of the deployed classifier, the one_q head
+    # the deployment model: the EMA network k with head_one_k (automix/samix), the only head otherwise
+    deployed = "acc1_one_k" if isinstance(net, MixerModel) else "acc1_one_q"
+    epoch_line = EpochLine(args.epochs, monitor="val top-1")
     for epoch in range(start, args.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -421,7 +423,9 @@ def main_worker(local_index, args, plan):
         row.update({k: float(v) for k, v in stats.items()})
         row.update(acc)
         rows.append(row)
-        log(epoch_line(epoch + 1, row["loss"], lrs["backbone"], acc.get("acc1_one_q")))
+        log(epoch_line(epoch + 1, row["loss"], lrs["backbone"], acc.get(deployed)))
+        if isinstance(net, MixerModel):
+            log("  val top-1 per head: " + ", ".join(f"{k[5:]} {v:.2f}%" for k, v in acc.items() if k.startswith("acc1")))
         last = epoch + 1 == args.epochs
         if show and isinstance(net, MixerModel) and args.plot_every and ((epoch + 1) % args.plot_every == 0 or last):
             x = torch.stack([val_set[i][0] for i in plot_idx]).to(device)
