@@ -144,3 +144,16 @@ def test_mask_weight_schedules():
     assert c(0) == 0.1 and c(T // 2) == pytest.approx(0.05) and c(T) == pytest.approx(0.0, abs=1e-15)
     assert MaskWeight("constant", 0.1, T)(T // 3) == 0.1
     assert cosine(0.1, 1e-3, 0.5) == pytest.approx(1e-3 + 0.5 * 0.099)
+
+
+def test_readme_mixer_example_runs():
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## SAMix (supervised)", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "from unmix import Mixer" in code
+    scope = {}
+    exec(code.replace("from unmix import", "from common import"), scope)
+    assert scope["mixed"].shape == (8, 3, 224, 224) and scope["out"]["mask"].shape == (8, 2, 224, 224)
+    assert torch.isfinite(scope["loss_mask"])

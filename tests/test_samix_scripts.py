@@ -30,7 +30,7 @@ def test_samix_outputs_and_kill_9_resume_is_exact(cifar10_root, tmp_path):
     for head in ("one_q", "mix_q", "one_k", "mix_k"):
         assert log[f"acc1_{head}"].between(0, 100).all() and (log[f"acc5_{head}"] >= log[f"acc1_{head}"]).all()
     assert (log["mask_weight"] - 0.1).abs().max() < 1e-9  # CIFAR: constant
-    ckpt = state(full / "latest.pth")
+    ckpt = torch.load(full / "latest.pth", weights_only=True)  # plain tensors, numbers and strings only
     assert any(k.startswith("mixer.") for k in ckpt["state_dict"]) and ckpt["args"]["eta"] == 0.5
 
     # the same run killed (SIGKILL) once its first checkpoint exists, then resumed
