@@ -75,10 +75,25 @@ def build_parser(dataset="cifar10"):
                    help="path to a model_last.pth to continue from (exactly, for our checkpoints)")
     p.add_argument("--results-dir", default="", type=str, metavar="DIR",
                    help=f"output folder; default ./UnMix_{{symmetric|asymmetric}}_{dir_tag} (MoCo_... with "
-                        "--no-unmix; the suffix follows --dataset), or the resumed checkpoint's folder")
+                        "--mix none, SAMix_... with --mix samix; the suffix follows --dataset), or the resumed "
+                        "checkpoint's folder")
     # additions
+    p.add_argument("--mix", default="unmix", choices=["unmix", "samix", "none"],
+                   help="image mixtures: Un-Mix (the paper), SAMix's learnable Mixer, or none (plain MoCo)")
     p.add_argument("--no-unmix", dest="unmix", action="store_false",
-                   help="plain MoCo without Un-Mix (the baseline rows)")
+                   help="plain MoCo without Un-Mix (the baseline rows); the same as --mix none")
+    p.add_argument("--samix-alpha", default=2.0, type=float, help="--mix samix: λ ~ Beta(alpha, alpha)")
+    p.add_argument("--mixer-loss", default="infonce", choices=["infonce", "bce"],
+                   help="--mix samix: the Mixer's objective, mixup-InfoNCE against the queue or the two-way "
+                        "'local' softmax between the two sources")
+    p.add_argument("--eta", default=0.0, type=float,
+                   help="--mix samix: weight of the Mixer's auxiliary 'global' term (extended positives against "
+                        "the queue); 0 = off")
+    p.add_argument("--mask-weight", default=0.1, type=float, help="--mix samix: weight of the mask loss")
+    p.add_argument("--mask-adjust", default=True, action=argparse.BooleanOptionalAction,
+                   help="--mix samix: rescale the backbone's mask toward λ when its mean strays more than 0.1")
+    p.add_argument("--mask-every", default=10, type=int,
+                   help="--mix samix: save the Mixer's mask figure (masks.png) every N epochs (and the last)")
     p.add_argument("--two-pass", action="store_true",
                    help="symmetric Un-Mix as upstream: encode the mixture twice (same loss and gradients as the "
                         "default single encoding; BatchNorm running statistics then match upstream too)")
@@ -262,6 +277,17 @@ class ModelMoCo(nn.Module):
         return loss
 
 
+def build_model(args):
+    if args.mix == "samix":
+        from samix_moco import MoCoSAMix  # (it builds on ModelMoCo: imported here, not at the top)
+        return MoCoSAMix(dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t, arch=args.arch,
+                         bn_splits=args.bn_splits, symmetric=args.symmetric, alpha=args.samix_alpha,
+                         mixer_loss=args.mixer_loss, eta=args.eta, mask_weight=args.mask_weight,
+                         mask_adjust=args.mask_adjust)
+    return ModelMoCo(dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t, arch=args.arch,
+                     bn_splits=args.bn_splits, symmetric=args.symmetric, two_pass=args.two_pass)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------
@@ -299,6 +325,15 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device):
 
 
 def check_args(args):
+    if not args.unmix:  # --no-unmix is --mix none
+        if args.mix == "samix":
+            raise CLIError("--no-unmix (= --mix none) contradicts --mix samix")
+        args.mix = "none"
+    args.unmix = args.mix == "unmix"
+    if args.mix == "samix" and args.two_pass:
+        raise CLIError("--two-pass applies to Un-Mix only")
+    if args.samix_alpha <= 0 or args.eta < 0 or args.mask_weight < 0 or args.mask_every < 1:
+        raise CLIError("--samix-alpha must be positive, --eta and --mask-weight non-negative, --mask-every >= 1")
     for name in ("bn_splits", "moco_k", "moco_dim", "image_size", "knn_k"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
@@ -319,7 +354,7 @@ def check_args(args):
 
 def default_results_dir(args):
     tag = {"cifar10": "C10", "cifar100": "C100"}.get(args.dataset, "ImageFolder")
-    return f"./{'UnMix' if args.unmix else 'MoCo'}_{'symmetric' if args.symmetric else 'asymmetric'}_{tag}"
+    return f"./{dict(unmix='UnMix', samix='SAMix', none='MoCo')[args.mix]}_{'symmetric' if args.symmetric else 'asymmetric'}_{tag}"
 
 
 def main(dataset="cifar10", argv=None):
@@ -348,8 +383,7 @@ def main(dataset="cifar10", argv=None):
     test_loader = loader(test_data, shuffle=False)
 
     # model
-    model = ModelMoCo(dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t, arch=args.arch,
-                      bn_splits=args.bn_splits, symmetric=args.symmetric, two_pass=args.two_pass).to(device)
+    model = build_model(args).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, weight_decay=args.wd, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
 
@@ -392,4 +426,6 @@ def main(dataset="cifar10", argv=None):
         write_csv(log_rows, results_dir / "log.csv")
         plot_curves(results_dir / "log.csv", results_dir / "curves.png", title=str(results_dir))
         print(epoch_line(epoch, train_loss, optimizer.param_groups[0]["lr"], test_acc), flush=True)
+        if args.mix == "samix" and (epoch % args.mask_every == 0 or epoch == args.epochs):
+            model.save_mask_figure(results_dir / "masks.png", title=f"SAMix Mixer, epoch {epoch}")
     return results_dir
