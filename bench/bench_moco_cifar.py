@@ -7,6 +7,7 @@ Compared, on the same device and data, with the same optimizer step:
   - plain MoCo, symmetric loss                  (the baseline rows)
   - Un-Mix, symmetric, mixture encoded once     (our default)
   - Un-Mix, symmetric, upstream's two passes    (--two-pass)
+  - SAMix, symmetric                            (--mix samix: + 2 Mixer calls, 2 mixture passes)
 Goal: Un-Mix symmetric <= 1.4x plain MoCo symmetric (upstream's structure costs about 1.75x).
 """
 import argparse
@@ -22,6 +23,7 @@ import torch  # noqa: E402
 
 from common.mix import unmix_batch  # noqa: E402
 from common.utils import get_device  # noqa: E402
+from samix_moco import MoCoSAMix  # noqa: E402
 from unmix_cifar import ModelMoCo  # noqa: E402
 
 
@@ -63,11 +65,14 @@ def main():
     batches = [tuple(torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
                      for _ in range(2)) for _ in range(2)]
     configs = [("plain MoCo symmetric", False, False), ("Un-Mix symmetric (single encoding)", True, False),
-               ("Un-Mix symmetric (upstream two passes)", True, True)]
+               ("Un-Mix symmetric (upstream two passes)", True, True), ("SAMix symmetric", False, None)]
     results = {}
     for name, unmix, two_pass in configs:
         torch.manual_seed(0)
-        model = ModelMoCo(K=K, bn_splits=args.bn_splits, symmetric=True, two_pass=two_pass).to(device)
+        if two_pass is None:
+            model = MoCoSAMix(K=K, bn_splits=args.bn_splits, symmetric=True).to(device)
+        else:
+            model = ModelMoCo(K=K, bn_splits=args.bn_splits, symmetric=True, two_pass=two_pass).to(device)
         results[name] = time_steps(model, batches, unmix, args.steps, args.warmup, device)
         print(f"{name:42s} {results[name] * 1000:9.1f} ms/step", flush=True)
     base = results["plain MoCo symmetric"]
@@ -77,6 +82,8 @@ def main():
     print(f"Un-Mix single encoding / plain MoCo : {single / base:.2f}x  (goal <= 1.40x)")
     print(f"Un-Mix two passes      / plain MoCo : {two / base:.2f}x  (upstream structure)")
     print(f"single encoding        / two passes : {single / two:.2f}x")
+    samix = results["SAMix symmetric"]
+    print(f"step time SAMix / Un-Mix / plain MoCo : {samix / base:.2f} / {single / base:.2f} / 1.00")
 
 
 if __name__ == "__main__":

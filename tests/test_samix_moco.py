@@ -160,3 +160,99 @@ def test_auxiliary_term_adds_eta_times_global_objective():
     t1 = aux.losses(im1, im2)
     assert t1["clean"].item() == t0["clean"].item() and t1["mix_backbone"].item() == t0["mix_backbone"].item()
     assert t1["mixer"].item() > t0["mixer"].item()  # + η · (a positive InfoNCE term)
+
+
+# ---------------------------------------------------------------------------------------------------- options
+def test_mix_option_and_its_no_unmix_alias():
+    from unmix_cifar import build_parser, check_args, default_results_dir
+
+    from common.cli import CLIError
+    for argv, mix, unmix in ((["--no-unmix"], "none", False), (["--mix", "none"], "none", False),
+                             ([], "unmix", True), (["--mix", "samix"], "samix", False)):
+        a = build_parser().parse_args(argv)
+        check_args(a)
+        assert (a.mix, a.unmix) == (mix, unmix), argv
+    a = build_parser().parse_args(["--mix", "samix", "--asymmetric"])
+    check_args(a)
+    assert default_results_dir(a) == "./SAMix_asymmetric_C10"
+    for bad in (["--no-unmix", "--mix", "samix"], ["--mix", "samix", "--two-pass"], ["--samix-alpha", "0"],
+                ["--eta", "-1"], ["--mask-every", "0"]):
+        with pytest.raises(CLIError):
+            check_args(build_parser().parse_args(bad))
+
+
+# ---------------------------------------------------------------------------------------------------- as a user
+from conftest import ROOT, assert_clean_error, run_script, script_env  # noqa: E402
+
+C10 = "UnMix_MoCo/for_CIFAR/unmix_c10.py"
+TINY = ["--batch-size", "16", "--bn-splits", "2", "--moco-k", "32", "--image-size", "16", "--workers", "0",
+        "--seed", "0", "--knn-k", "10", "--mix", "samix"]
+
+
+def kill_after_epoch(cmd, ckpt, epoch=1, timeout=300):
+    """Starts ``cmd`` and SIGKILLs it as soon as ``ckpt`` holds ``epoch``; returns the epoch it was killed at."""
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= epoch:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return torch.load(ckpt, weights_only=False)["epoch"]
+
+
+def test_samix_run_outputs_and_exact_resume_after_kill_9(cifar10_root, tmp_path):
+    import pandas as pd
+    full, part = tmp_path / "full", tmp_path / "part"
+    p = run_script([C10, "--data", cifar10_root, "--results-dir", full, "--epochs", 2, *TINY])
+    assert {"args.json", "log.csv", "model_last.pth", "curves.png", "masks.png"} <= {f.name for f in full.iterdir()}
+    assert "Acc@1" in p.stdout and (full / "masks.png").stat().st_size > 5000
+    log = pd.read_csv(full / "log.csv")
+    assert list(log.columns) == ["epoch", "train_loss", "test_acc@1"] and list(log.epoch) == [1, 2]
+    ckpt = torch.load(full / "model_last.pth", weights_only=True)  # torch's safe loader reads it
+    mixer_keys = [k for k in ckpt["state_dict"] if k.startswith("mixer.")]
+    assert mixer_keys and ckpt["args"]["mix"] == "samix"
+    n_params = sum(1 for k in ckpt["state_dict"] if not k.endswith(("running_mean", "running_var", "_tracked"))
+                   and k not in ("queue", "queue_ptr"))
+    assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == n_params  # the Mixer is in the optimizer
+
+    cmd = [sys.executable, C10, "--data", str(cifar10_root), "--results-dir", str(part), "--epochs", "2",
+           *map(str, TINY)]
+    assert kill_after_epoch(cmd, part / "model_last.pth") < 2, "run finished before it could be killed"
+    run_script([C10, "--data", cifar10_root, "--resume", part / "model_last.pth", "--epochs", 2, *TINY])
+    a, b = torch.load(full / "model_last.pth", weights_only=False), torch.load(part / "model_last.pth",
+                                                                                 weights_only=False)
+    assert b["epoch"] == 2
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert (full / "log.csv").read_text() == (part / "log.csv").read_text()
+    # a SAMix checkpoint is not an Un-Mix run: resuming it without --mix samix is refused in one line
+    p = run_script([C10, "--data", cifar10_root, "--resume", part / "model_last.pth", "--epochs", 3,
+                    *TINY[:-2]], check=False)
+    assert_clean_error(p, "does not match")
+
+
+def test_samix_imagefolder_asymmetric_local_objective_with_global_term(imagefolder_root, tmp_path):
+    out = tmp_path / "imf"
+    run_script([C10, "--dataset", "imagefolder", "--data", imagefolder_root, "--results-dir", out, "--epochs", 1,
+                *TINY, "--batch-size", "8", "--moco-k", "16", "--asymmetric", "--mixer-loss", "bce",
+                "--eta", "0.5"])
+    ckpt = torch.load(out / "model_last.pth", weights_only=False)
+    assert (ckpt["args"]["mixer_loss"], ckpt["args"]["eta"], ckpt["args"]["symmetric"]) == ("bce", 0.5, False)
+    assert (out / "masks.png").exists() and torch.isfinite(ckpt["state_dict"]["mixer.query.weight"]).all()
+
+
+def test_samix_two_process_gloo_run(cifar10_root, tmp_path):
+    """torchrun, 2 CPU processes: DDP, partners drawn across both processes' samples, keys of both enqueued."""
+    from common.dist import free_port
+    out = tmp_path / "ddp"
+    run_script(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), C10,
+                "--data", cifar10_root, "--results-dir", out, "--epochs", 1, *TINY, "--moco-k", "64"])
+    ckpt = torch.load(out / "model_last.pth", weights_only=False)
+    assert ckpt["epoch"] == 1 and (out / "masks.png").exists()
+    # 80 images / global batch 16 = 5 steps of 2 x 16 gathered keys: 160 % 64 = 32 (one process alone: 16)
+    assert ckpt["state_dict"]["queue_ptr"].item() == 32

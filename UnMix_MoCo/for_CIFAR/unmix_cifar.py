@@ -20,7 +20,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 from torchvision import transforms  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -28,11 +29,12 @@ from common import data as D  # noqa: E402
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, save_args  # noqa: E402
+from common.dist import barrier, cleanup, concat_all_gather, get_rank, init_distributed, launcher_env  # noqa: E402
 from common.knn import knn_accuracy  # noqa: E402
 from common.logs import EpochLine, plot_curves, warn_zero_lr_epochs, write_csv  # noqa: E402
 from common.mix import unmix_batch, unmix_loss  # noqa: E402
 from common.moco import contrastive_logits, dequeue_and_enqueue, freeze_copy, momentum_update, new_queue  # noqa: E402
-from common.utils import amp_dtype, get_device, seed_everything, worker_count  # noqa: E402
+from common.utils import amp_dtype, seed_everything, worker_count  # noqa: E402
 
 CHECKPOINT = "model_last.pth"
 
@@ -273,7 +275,7 @@ class ModelMoCo(nn.Module):
                 loss = unmix_loss(loss, *self.mixture_losses(q_mixed, k2), lam)
                 loss = unmix_loss(loss, *self.mixture_losses(q_mixed_2, k1), lam)
             keys = torch.cat([k1, k2], dim=0)
-        dequeue_and_enqueue(self.queue, self.queue_ptr, keys)
+        dequeue_and_enqueue(self.queue, self.queue_ptr, concat_all_gather(keys))  # every process's keys (DDP)
         return loss
 
 
@@ -308,7 +310,7 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device):
     for group in optimizer.param_groups:
         group["lr"] = lr
     total_loss, total_num = 0.0, 0
-    bar = tqdm(loader, dynamic_ncols=True)
+    bar = tqdm(loader, dynamic_ncols=True, disable=get_rank() != 0)
     for (im_1, im_2), _ in bar:
         im_1, im_2 = im_1.to(device, non_blocking=True), im_2.to(device, non_blocking=True)
         mixed, lam = unmix_batch(im_1, args.prob, args.beta) if args.unmix else (None, None)
@@ -365,10 +367,17 @@ def main(dataset="cifar10", argv=None):
         args.results_dir = os.path.dirname(os.path.abspath(args.resume))
     args.results_dir = args.results_dir or default_results_dir(args)
     ckpt = load_checkpoint(args.resume) if args.resume else None  # fail early on a bad file
+    # DDP when started by torchrun / torch.distributed.launch / srun (upstream: one GPU only); --batch-size is global
+    rank, world, local_rank = launcher_env() or (0, 1, 0)
+    batch_size = args.batch_size // world
+    if args.batch_size % world or batch_size % args.bn_splits:
+        raise CLIError(f"--batch-size {args.batch_size} must split into {world} processes x a multiple of "
+                       f"--bn-splits {args.bn_splits}")
     if args.seed is not None:
-        seed_everything(args.seed)
-    device = get_device()
-    print(args)
+        seed_everything(args.seed + rank)
+    device = init_distributed(rank, world, local_rank=local_rank)
+    if rank == 0:
+        print(args)
 
     # data
     train_data, memory_data, test_data = build_datasets(args)
@@ -378,12 +387,15 @@ def main(dataset="cifar10", argv=None):
     workers = worker_count(args.workers)
     loader = partial(DataLoader, batch_size=args.batch_size, num_workers=workers,
                      pin_memory=device.type == "cuda")
-    train_loader = loader(train_data, shuffle=True, drop_last=True)
+    sampler = DistributedSampler(train_data, seed=args.seed or 0, drop_last=True) if world > 1 else None
+    train_loader = loader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True)
     memory_loader = loader(memory_data, shuffle=False)
     test_loader = loader(test_data, shuffle=False)
 
     # model
     model = build_model(args).to(device)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, weight_decay=args.wd, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
 
@@ -408,12 +420,18 @@ def main(dataset="cifar10", argv=None):
             warnings.warn("checkpoint has no RNG state (an upstream checkpoint?): training continues, "
                           "but not bit-for-bit as an uninterrupted run")
         print(f"=> resumed from {args.resume} (epoch {ckpt['epoch']})")
-    save_args(args, results_dir / "args.json")
+    if rank == 0:
+        save_args(args, results_dir / "args.json")
 
     # loop
     epoch_line = EpochLine(args.epochs, monitor="kNN top-1")
     for epoch in range(epoch_start, args.epochs + 1):
-        train_loss = train_epoch(model, train_loader, optimizer, scaler, epoch, args, device)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train_loss = train_epoch(net, train_loader, optimizer, scaler, epoch, args, device)
+        if rank != 0:  # DDP: process 0 monitors, logs and saves; the others wait for it
+            barrier()
+            continue
         test_acc = float("nan")
         if epoch % args.knn_every == 0 or epoch == args.epochs:
             test_acc = knn_accuracy(model.encoder_q, memory_loader, test_loader, device, args.knn_k, args.knn_t,
@@ -428,4 +446,6 @@ def main(dataset="cifar10", argv=None):
         print(epoch_line(epoch, train_loss, optimizer.param_groups[0]["lr"], test_acc), flush=True)
         if args.mix == "samix" and (epoch % args.mask_every == 0 or epoch == args.epochs):
             model.save_mask_figure(results_dir / "masks.png", title=f"SAMix Mixer, epoch {epoch}")
+        barrier()
+    cleanup()
     return results_dir
