@@ -168,41 +168,26 @@ def test_mix_option_and_its_no_unmix_alias():
 
     from common.cli import CLIError
     for argv, mix, unmix in ((["--no-unmix"], "none", False), (["--mix", "none"], "none", False),
-                             ([], "unmix", True), (["--mix", "samix"], "samix", False)):
+                             ([], "unmix", True), (["--mix", "samix"], "samix", False),
+                             (["--mix", "samix", "--no-unmix"], "samix", False)):  # (as a recorded SAMix run)
         a = build_parser().parse_args(argv)
         check_args(a)
         assert (a.mix, a.unmix) == (mix, unmix), argv
     a = build_parser().parse_args(["--mix", "samix", "--asymmetric"])
     check_args(a)
     assert default_results_dir(a) == "./SAMix_asymmetric_C10"
-    for bad in (["--no-unmix", "--mix", "samix"], ["--mix", "samix", "--two-pass"], ["--samix-alpha", "0"],
+    for bad in (["--mix", "samix", "--two-pass"], ["--samix-alpha", "0"],
                 ["--eta", "-1"], ["--mask-every", "0"]):
         with pytest.raises(CLIError):
             check_args(build_parser().parse_args(bad))
 
 
 # ---------------------------------------------------------------------------------------------------- as a user
-from conftest import ROOT, assert_clean_error, run_script, script_env  # noqa: E402
+from conftest import assert_clean_error, kill_9_when, run_script  # noqa: E402
 
 C10 = "UnMix_MoCo/for_CIFAR/unmix_c10.py"
 TINY = ["--batch-size", "16", "--bn-splits", "2", "--moco-k", "32", "--image-size", "16", "--workers", "0",
         "--seed", "0", "--knn-k", "10", "--mix", "samix"]
-
-
-def kill_after_epoch(cmd, ckpt, epoch=1, timeout=300):
-    """Starts ``cmd`` and SIGKILLs it as soon as ``ckpt`` holds ``epoch``; returns the epoch it was killed at."""
-    import signal
-    import subprocess
-    import time
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= epoch:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return torch.load(ckpt, weights_only=False)["epoch"]
 
 
 def test_samix_run_outputs_and_exact_resume_after_kill_9(cifar10_root, tmp_path):
@@ -220,9 +205,10 @@ def test_samix_run_outputs_and_exact_resume_after_kill_9(cifar10_root, tmp_path)
                    and k not in ("queue", "queue_ptr"))
     assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == n_params  # the Mixer is in the optimizer
 
-    cmd = [sys.executable, C10, "--data", str(cifar10_root), "--results-dir", str(part), "--epochs", "2",
-           *map(str, TINY)]
-    assert kill_after_epoch(cmd, part / "model_last.pth") < 2, "run finished before it could be killed"
+    ckpt = part / "model_last.pth"
+    kill_9_when([C10, "--data", cifar10_root, "--results-dir", part, "--epochs", 2, *TINY],
+                lambda: ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 1)
+    assert torch.load(ckpt, weights_only=False)["epoch"] < 2, "run finished before it could be killed"
     run_script([C10, "--data", cifar10_root, "--resume", part / "model_last.pth", "--epochs", 2, *TINY])
     a, b = torch.load(full / "model_last.pth", weights_only=False), torch.load(part / "model_last.pth",
                                                                                  weights_only=False)

@@ -327,9 +327,7 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device):
 
 
 def check_args(args):
-    if not args.unmix:  # --no-unmix is --mix none
-        if args.mix == "samix":
-            raise CLIError("--no-unmix (= --mix none) contradicts --mix samix")
+    if not args.unmix and args.mix == "unmix":  # --no-unmix is --mix none (also in runs recorded before --mix)
         args.mix = "none"
     args.unmix = args.mix == "unmix"
     if args.mix == "samix" and args.two_pass:
