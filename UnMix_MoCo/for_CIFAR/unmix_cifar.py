@@ -354,7 +354,8 @@ def check_args(args):
 
 def default_results_dir(args):
     tag = {"cifar10": "C10", "cifar100": "C100"}.get(args.dataset, "ImageFolder")
-    return f"./{dict(unmix='UnMix', samix='SAMix', none='MoCo')[args.mix]}_{'symmetric' if args.symmetric else 'asymmetric'}_{tag}"
+    method = {"unmix": "UnMix", "samix": "SAMix", "none": "MoCo"}[args.mix]
+    return f"./{method}_{'symmetric' if args.symmetric else 'asymmetric'}_{tag}"
 
 
 def main(dataset="cifar10", argv=None):
