@@ -193,7 +193,8 @@ TINY = ["--batch-size", "16", "--bn-splits", "2", "--moco-k", "32", "--image-siz
 def test_samix_run_outputs_and_exact_resume_after_kill_9(cifar10_root, tmp_path):
     import pandas as pd
     full, part = tmp_path / "full", tmp_path / "part"
-    p = run_script([C10, "--data", cifar10_root, "--results-dir", full, "--epochs", 2, *TINY])
+    tiny = TINY + ["--no-cos"]  # a constant lr: the resumed epoch 2 really trains (the cosine's would be 0)
+    p = run_script([C10, "--data", cifar10_root, "--results-dir", full, "--epochs", 2, *tiny])
     assert {"args.json", "log.csv", "model_last.pth", "curves.png", "masks.png"} <= {f.name for f in full.iterdir()}
     assert "Acc@1" in p.stdout and (full / "masks.png").stat().st_size > 5000
     log = pd.read_csv(full / "log.csv")
@@ -206,19 +207,19 @@ def test_samix_run_outputs_and_exact_resume_after_kill_9(cifar10_root, tmp_path)
     assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == n_params  # the Mixer is in the optimizer
 
     ckpt = part / "model_last.pth"
-    kill_9_when([C10, "--data", cifar10_root, "--results-dir", part, "--epochs", 2, *TINY],
+    kill_9_when([C10, "--data", cifar10_root, "--results-dir", part, "--epochs", 2, *tiny],
                 lambda: ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 1)
     assert torch.load(ckpt, weights_only=False)["epoch"] < 2, "run finished before it could be killed"
-    run_script([C10, "--data", cifar10_root, "--resume", part / "model_last.pth", "--epochs", 2, *TINY])
+    run_script([C10, "--data", cifar10_root, "--resume", part / "model_last.pth", "--epochs", 2, *tiny])
     a, b = torch.load(full / "model_last.pth", weights_only=False), torch.load(part / "model_last.pth",
                                                                                  weights_only=False)
     assert b["epoch"] == 2
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     assert (full / "log.csv").read_text() == (part / "log.csv").read_text()
-    # a SAMix checkpoint is not an Un-Mix run: resuming it without --mix samix is refused in one line
-    p = run_script([C10, "--data", cifar10_root, "--resume", part / "model_last.pth", "--epochs", 3,
-                    *TINY[:-2]], check=False)
+    # a SAMix checkpoint is not an Un-Mix run: resuming it as one is refused in one line
+    p = run_script([C10, "--data", cifar10_root, "--resume", part / "model_last.pth", "--epochs", 3, *tiny,
+                    "--mix", "unmix"], check=False)
     assert_clean_error(p, "does not match")
 
 
