@@ -27,6 +27,7 @@ from tqdm import tqdm  # noqa: E402
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
+from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
 from common.mix import unmix_batch  # noqa: E402
 from common.utils import amp_dtype, get_device, seed_everything, worker_count  # noqa: E402
@@ -85,6 +86,7 @@ def build_parser():
     p.add_argument("--workers", default=8, type=int, help="data loading workers (capped at the CPU count)")
     p.add_argument("--seed", default=None, type=int, help="seed Python, NumPy and torch (htdt: unseeded)")
     p.add_argument("--amp", action="store_true", help="mixed precision with torch.amp (off, as htdt)")
+    add_aug_arg(p)
     p.add_argument("--save-every", default=100, type=int,
                    help="also write htdt's {contrastive|byol}_{dataset}_{ep}.pt state_dict every N epochs (0: never)")
     p.add_argument("--resume", default="", metavar="PATH",
@@ -222,8 +224,11 @@ def main(argv=None):
     clf_loader, test_loader = eval_loaders(args.dataset, args.data, args.crop_size, 1000, args.workers, device)
     results_dir = prepare_output_dir(args.results_dir, resume=bool(args.resume), marker=CHECKPOINT)
     # htdt: shuffle, drop_last (97 iterations per CIFAR epoch at batch 512)
-    train_loader = DataLoader(train_data, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              num_workers=worker_count(args.workers), pin_memory=device.type == "cuda")
+    if args.aug == "device":
+        train_loader = DeviceLoader(train_data, train_data.transform, args.batch_size, device)
+    else:
+        train_loader = DataLoader(train_data, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=worker_count(args.workers), pin_memory=device.type == "cuda")
 
     # model
     model = build_model(args.method, args.arch, maxpool=args.dataset == "imagefolder", emb=args.emb,

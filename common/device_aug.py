@@ -391,6 +391,8 @@ class DeviceLoader:
         self.sampler = sampler if sampler is not None else RandomSampler(range(len(self.images)))
         self.batches = BatchSampler(self.sampler, batch_size, drop_last)
         self.generator = None
+        print(f"=> --aug device: {len(self.images)} images ({self.images.numel() / 2 ** 20:.0f} MiB uint8) on "
+              f"{self.device}, {len(self.views)} views per image augmented there", flush=True)
 
     def __len__(self):
         return len(self.batches)
@@ -418,3 +420,12 @@ class DeviceLoader:
         for idx in self.batches:
             idx = torch.as_tensor(idx, device=self.device)
             yield self.augment(self.images.index_select(0, idx), g), self.labels.index_select(0, idx)
+
+
+def add_aug_arg(parser, flag="--aug"):
+    """The scripts' ``--aug pil|device`` option."""
+    parser.add_argument(flag, default="pil", choices=["pil", "device"],
+                        help="where training views are augmented: 'pil' (torchvision's PIL transforms in DataLoader "
+                             "workers, as upstream) or 'device' (the data set held as uint8 on the training device, "
+                             "the same transforms applied to whole batches with per-sample draws; much faster when "
+                             "the CPU is the bottleneck)")

@@ -29,6 +29,7 @@ from common import data as D  # noqa: E402
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
 from common.cli import CLIError, HelpFormatter, prepare_output_dir, save_args  # noqa: E402
+from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.dist import barrier, cleanup, concat_all_gather, get_rank, init_distributed, launcher_env  # noqa: E402
 from common.knn import knn_accuracy  # noqa: E402
 from common.logs import EpochLine, plot_curves, warn_zero_lr_epochs, write_csv  # noqa: E402
@@ -112,6 +113,7 @@ def build_parser(dataset="cifar10"):
     p.add_argument("--seed", default=None, type=int, help="seed Python, NumPy and torch (upstream: unseeded)")
     p.add_argument("--knn-every", default=1, type=int, help="run the kNN monitor every N epochs (and the last)")
     p.add_argument("--amp", action="store_true", help="mixed precision with torch.amp (off, as upstream)")
+    add_aug_arg(p)
     return p
 
 
@@ -387,7 +389,11 @@ def main(dataset="cifar10", argv=None):
     loader = partial(DataLoader, batch_size=args.batch_size, num_workers=workers,
                      pin_memory=device.type == "cuda")
     sampler = DistributedSampler(train_data, seed=args.seed or 0, drop_last=True) if world > 1 else None
-    train_loader = loader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True)
+    if args.aug == "device":  # each process augments its own shard on its device
+        train_loader = DeviceLoader(train_data, train_data.transform, batch_size, device, sampler=sampler, rank=rank)
+    else:
+        train_loader = loader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                              drop_last=True)
     memory_loader = loader(memory_data, shuffle=False)
     test_loader = loader(test_data, shuffle=False)
 

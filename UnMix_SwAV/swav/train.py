@@ -31,6 +31,7 @@ from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint,
                                set_rng_state, strip_prefix)
 from common.cli import CLIError, HelpFormatter, add_local_rank_arg, bool_flag, prepare_output_dir
 from common.data import cifar, image_folder
+from common.device_aug import DeviceLoader, add_aug_arg
 from common.dist import barrier, init_distributed, launcher_env
 from common.larc import LARC
 from common.logs import EpochLine
@@ -148,6 +149,8 @@ def build_parser(variant):
                    help="continue the run in --dump_path (upstream resumed automatically; here a run is "
                         "never overwritten without it)")
     p.add_argument("--seed", type=int, default=31, help="seed of torch and NumPy (the same on every rank)")
+    if variant == "cifar":  # the ImageNet crops' PIL blur has no device version
+        add_aug_arg(p)
     # Un-Mix
     p.add_argument("--run_swav", type=bool_flag, default=False, help="true: vanilla SwAV (no Un-Mix)")
     p.add_argument("--unmix_prob", type=float, default=d["unmix_prob"],
@@ -290,9 +293,12 @@ def main(variant, argv=None):
     except (KeyError, IndexError, ValueError) as e:
         raise CLIError(f"--dump_path {args.dump_path}: cannot fill in {{{e}}} (use argument names)") from None
     sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=world, rank=rank)
-    loader = torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=args.batch_size,
-                                         num_workers=worker_count(args.workers),
-                                         pin_memory=device.type == "cuda", drop_last=True)
+    if getattr(args, "aug", "pil") == "device":  # each process augments its own shard
+        loader = DeviceLoader(dataset, dataset.transform, args.batch_size, device, sampler=sampler, rank=rank)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=args.batch_size,
+                                             num_workers=worker_count(args.workers),
+                                             pin_memory=device.type == "cuda", drop_last=True)
     if len(loader) == 0:
         raise CLIError(f"the dataset has {len(dataset)} images: fewer than one batch of {args.batch_size} "
                        f"per process x {world} processes (batches are dropped when incomplete)")
