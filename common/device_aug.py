@@ -331,10 +331,18 @@ class DeviceTransform:
         _convert(transform, self.ops)
 
     def __call__(self, images, generator):
-        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-        for op in self.ops:
-            x = op(x, generator)
-        return x
+        threads = torch.get_num_threads()
+        if images.device.type == "cpu":
+            # One thread on a CPU: the many small ops gain little from intra-op threads and, on a shared machine,
+            # lose much (measured on a loaded 2-core CPU: 2 threads took 8x the CPU time of 1).
+            torch.set_num_threads(1)
+        try:
+            x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+            for op in self.ops:
+                x = op(x, generator)
+            return x
+        finally:
+            torch.set_num_threads(threads)
 
 
 from_torchvision = DeviceTransform

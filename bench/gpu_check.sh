@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One check of the CUDA paths on a GPU machine: the CUDA tests (every training entry point for two steps, with
+# and without mixed precision, --aug device, SwAV + SyncBatchNorm on a one-process NCCL group) and the
+# benchmarks (bench/*.py), then one summary table. Builds its own tiny data (tests/fakedata.py via the tests'
+# fixtures; the benchmarks use synthetic images), needs no network, finishes within about 8 minutes on one GPU.
+#
+#     bash bench/gpu_check.sh              # from the repository root; writes gpu_check/ (logs + summary.md)
+#     GPU_CHECK_OUT=/tmp/x bash bench/gpu_check.sh
+#     GPU_CHECK_DRY=1 bash bench/gpu_check.sh   # the same commands on a CPU, tiny sizes: checks the script itself
+set -u
+cd "$(dirname "$0")/.."
+OUT=${GPU_CHECK_OUT:-gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+start=$(date +%s)
+
+DRY=${GPU_CHECK_DRY:-0}
+if [ "$DRY" = 1 ]; then
+    export UNMIX_CUDA_TESTS_ON_CPU=1
+    SIZE=(--batch-size 32 --batches 2 --repeats 1)
+    E2E=(--e2e-steps 1 --e2e-batch 8)
+    MOCO=(--batch-size 16 --steps 1 --warmup 0)
+    BUDGET=3000
+else
+    SIZE=(--repeats 3 --batches 6)
+    E2E=(--e2e-steps 5 --amp)
+    MOCO=(--batch-size 512 --steps 5)
+    BUDGET=450  # seconds for tests + benchmarks; the start and the table add well under a minute
+fi
+left() { echo $(( start + BUDGET - $(date +%s) )); }
+limit() { local t; t=$(left); [ "$t" -gt "$1" ] && t=$1; [ "$t" -lt 5 ] && t=5; echo "$t"; }
+
+DRY=$DRY python - <<'EOF' | tee "$OUT/device.txt"
+import os, torch
+if os.environ["DRY"] == "1":
+    print(f"dry run on the CPU, torch {torch.__version__}")
+    raise SystemExit
+if not torch.cuda.is_available():
+    raise SystemExit("gpu_check: no CUDA device visible to torch; nothing to check")
+p = torch.cuda.get_device_properties(0)
+print(f"{p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"cuDNN {torch.backends.cudnn.version()}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
+EOF
+[ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
+
+# 1. the CUDA tests (each runs its entry point as a subprocess on GPU 0)
+timeout "$(limit 300)" python -m pytest -q -m cuda tests/test_cuda.py -rA --durations=0 \
+    --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
+
+# 2. the benchmarks, each with a time limit
+timeout "$(limit 100)" python bench/bench_data.py --pipeline moco "${SIZE[@]}" "${E2E[@]}" 2>&1 \
+    | tee "$OUT/bench_data_moco.txt"
+timeout "$(limit 30)" python bench/bench_data.py --pipeline simclr "${SIZE[@]}" --e2e-steps 0 2>&1 \
+    | tee "$OUT/bench_data_simclr.txt"
+timeout "$(limit 30)" python bench/bench_data.py --pipeline swav "${SIZE[@]}" --e2e-steps 0 2>&1 \
+    | tee "$OUT/bench_data_swav.txt"
+timeout "$(limit 45)" python bench/bench_moco_cifar.py "${MOCO[@]}" 2>&1 | tee "$OUT/bench_moco_cifar.txt"
+for b in bench/*.py; do  # benchmarks added later, with their defaults
+    case "$b" in bench/bench_data.py|bench/bench_moco_cifar.py) continue ;; esac
+    timeout "$(limit 45)" python "$b" 2>&1 | tee "$OUT/$(basename "$b" .py).txt"
+done
+
+# 3. one summary table
+python - "$OUT" "$start" <<'EOF' | tee "$OUT/summary.md"
+import glob, os, re, sys, time
+import xml.etree.ElementTree as ET
+out, start = sys.argv[1], int(sys.argv[2])
+rows = []
+xml = os.path.join(out, "cuda_tests.xml")
+if os.path.isfile(xml):
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        status = "FAIL" if case.find("failure") is not None or case.find("error") is not None else \
+            "skip" if case.find("skipped") is not None else "pass"
+        rows.append((f"test {case.get('name')}", status, f"{float(case.get('time', 0)):.1f} s"))
+else:
+    rows.append(("CUDA tests", "FAIL", "no junit file (pytest did not run)"))
+keys = ("device / PIL", "epoch-time ratio", "training step / device data path", "PIL path", "pil ", "device ",
+        "Un-Mix single encoding", "Un-Mix two passes", "single encoding")
+for f in sorted(glob.glob(os.path.join(out, "bench_*.txt"))):
+    name = os.path.basename(f)[:-4]
+    text = open(f).read()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(keys) or "ms/step" in ln]
+    if "Traceback" in text or not lines:
+        rows.append((name, "FAIL", (text.strip().splitlines() or ["no output"])[-1][:100]))
+    for ln in lines:
+        rows.append((name, "", re.sub(r"\s+", " ", ln)))
+print(f"\n## GPU check ({open(os.path.join(out, 'device.txt')).read().strip()}), {time.time() - start:.0f} s\n")
+print("| what | status | result |\n| --- | --- | --- |")
+for r in rows:
+    print(f"| {r[0]} | {r[1]} | {r[2]} |")
+fails = sum(r[1] == "FAIL" for r in rows)
+print(f"\n{fails} failure(s)")
+sys.exit(1 if fails else 0)
+EOF
+exit "${PIPESTATUS[0]}"
