@@ -4,7 +4,7 @@
 # benchmarks (bench/*.py), then one summary table. Builds its own tiny data (tests/fakedata.py via the tests'
 # fixtures; the benchmarks use synthetic images), needs no network, finishes within about 8 minutes on one GPU.
 #
-#     bash bench/gpu_check.sh              # from the repository root; writes gpu_check/ (logs + summary.md)
+#     bash bench/gpu_check.sh              # from the repository root; writes gpu_check/ (logs + summary.txt)
 #     GPU_CHECK_OUT=/tmp/x bash bench/gpu_check.sh
 #     GPU_CHECK_DRY=1 bash bench/gpu_check.sh   # the same commands on a CPU, tiny sizes: checks the script itself
 set -u
@@ -61,7 +61,7 @@ for b in bench/*.py; do  # benchmarks added later, with their defaults
 done
 
 # 3. one summary table
-python - "$OUT" "$start" <<'EOF' | tee "$OUT/summary.md"
+python - "$OUT" "$start" <<'EOF' | tee "$OUT/summary.txt"
 import glob, os, re, sys, time
 import xml.etree.ElementTree as ET
 out, start = sys.argv[1], int(sys.argv[2])
