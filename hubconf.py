@@ -9,8 +9,11 @@ As with torchvision, ``pretrained=False`` gives random initialisation and extra 
 checkpoints hold a self-supervised projection head, not a classifier): train it as a linear probe or set
 ``model.fc = torch.nn.Identity()`` for features. ``checkpoint=PATH`` loads a local file instead of
 downloading; a failed download (offline, say) raises ``tools.released.DownloadError`` (a ConnectionError)
-whose one-line message names the URL to fetch by hand, and leaves no empty folder in the cache. Google Drive files are fetched with gdown, the public HTTPS files with
-``torch.hub.load_state_dict_from_url``; both are cached under ``torch.hub.get_dir()/checkpoints``.
+whose one-line message names the URL to fetch by hand, and leaves no empty folder in the cache. Google
+Drive files are fetched with gdown, the public HTTPS files with
+``torch.hub.download_url_to_file``; both are cached under ``torch.hub.get_dir()/checkpoints``. Every file is
+loaded with ``torch.load(weights_only=True)`` and a narrow allow-list (``common.checkpoint.load_checkpoint``):
+a file holding anything else is refused; ``unsafe_load=True`` opens one you trust with plain pickle.
 The CIFAR models use the 3x3 stride-1 stem without maxpool (see tools/convert_to_torchvision.py).
 """
 dependencies = ["torch", "torchvision"]
@@ -28,28 +31,32 @@ from tools.released import (DownloadError as _DownloadError, created_dirs as _cr
                             manual_hint as _manual_hint, reason as _reason, remove_if_empty as _remove_if_empty)
 
 
-def _checkpoint(name, progress):
+def _checkpoint(name, progress, unsafe):
     art = _CATALOGUE[name]
     cache = _os.path.join(_torch.hub.get_dir(), "checkpoints", "unmix")
     local = "checkpoint=PATH to this torch.hub entry"
     if art.source == "https":
-        made = _created_dirs(cache)
-        try:
-            return _torch.hub.load_state_dict_from_url(art.url, model_dir=cache, map_location="cpu",
-                                                      progress=progress, file_name=art.filename,
-                                                      weights_only=False)
-        except OSError as e:  # offline, HTTP error (urllib's URLError / HTTPError): one line, no empty cache
-            _remove_if_empty(made)
-            raise _DownloadError(f"download of {name} failed ({_reason(e, art.url)}); {_manual_hint(art, local)}") \
-                from None
-    return _load_checkpoint(_download(art, out=cache, local_option=local))
+        path = _os.path.join(cache, art.filename)
+        if not _os.path.isfile(path):
+            made = _created_dirs(cache)
+            try:  # download_url_to_file writes a temp file and renames it: no partial file is left
+                _os.makedirs(cache, exist_ok=True)
+                _torch.hub.download_url_to_file(art.url, path, progress=progress)
+            except OSError as e:  # offline, HTTP error (urllib's URLError / HTTPError): one line, no empty cache
+                _remove_if_empty(made)
+                raise _DownloadError(f"download of {name} failed ({_reason(e, art.url)}); "
+                                     f"{_manual_hint(art, local)}") from None
+    else:
+        path = _download(art, out=cache, local_option=local)
+    return _load_checkpoint(path, unsafe=unsafe)
 
 
 def _load(kind, name, pretrained, progress, checkpoint, **kwargs):
+    unsafe = kwargs.pop("unsafe_load", False)
     model = _build(kind, **kwargs)
     if not (pretrained or checkpoint):
         return model
-    obj = _load_checkpoint(checkpoint) if checkpoint else _checkpoint(name, progress)
+    obj = _load_checkpoint(checkpoint, unsafe=unsafe) if checkpoint else _checkpoint(name, progress, unsafe)
     sd = _layouts.state_dict_of(obj)
     if sd is None:
         raise ValueError(f"{checkpoint or name} holds no model state_dict")

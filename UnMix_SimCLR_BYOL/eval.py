@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
 from common.knn import knn_predict  # noqa: E402
 from common.utils import accuracy, get_device, seed_everything, worker_count  # noqa: E402
 from UnMix_SimCLR_BYOL import data as P  # noqa: E402
@@ -137,6 +137,7 @@ def build_parser():
     p = argparse.ArgumentParser(description="kNN (k=5, k=200 weighted) and linear probe of a SimCLR/BYOL checkpoint",
                                 formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="model_last.pth of main_unmix.py, or htdt's {method}_{dataset}_{ep}.pt")
+    add_unsafe_load_arg(p)
     p.add_argument("--dataset", default=None, choices=["cifar10", "cifar100", "imagefolder"],
                    help="default: the dataset recorded in the checkpoint (required for htdt files)")
     p.add_argument("--data", default=None, metavar="DIR",
@@ -155,7 +156,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.knn_k < 1 or args.monitor_k < 1 or args.probe_epochs < 0 or args.batch_size < 1:
         raise CLIError("--knn-k, --monitor-k and --batch-size must be positive, --probe-epochs >= 0")
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, unsafe=args.unsafe_load)
     saved = ckpt["args"] if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
     dataset = args.dataset or saved.get("dataset")
     if dataset is None:

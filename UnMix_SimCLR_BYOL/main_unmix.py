@@ -26,7 +26,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
-from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
+from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
 from common.mix import unmix_batch  # noqa: E402
@@ -92,6 +92,7 @@ def build_parser():
     p.add_argument("--resume", default="", metavar="PATH",
                    help="model_last.pth to continue from, exactly, with the settings it was trained with (options "
                         "given again override them)")
+    add_unsafe_load_arg(p)
     p.add_argument("--stop-after", default=None, type=int, metavar="EPOCH",
                    help="end this session after epoch EPOCH (for time-limited jobs; continue with --resume)")
     p.add_argument("--results-dir", default="", metavar="DIR",
@@ -204,7 +205,7 @@ def adopt_checkpoint_args(args, ckpt, argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
-    ckpt = load_checkpoint(args.resume) if args.resume else None  # fail early on a bad file
+    ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load) if args.resume else None  # fail early on a bad file
     if ckpt is not None:
         adopt_checkpoint_args(args, ckpt, argv)
     check_args(args)

@@ -3,9 +3,13 @@
 Files are written to a temporary name in the same directory, flushed to disk, then renamed over the
 target, so a run killed mid-write (even ``kill -9``) leaves the previous checkpoint intact.
 """
+import argparse
 import os
+import pickle
 import random
+import re
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -56,8 +60,47 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Loads a checkpoint file, turning every way it can be broken into one clear :class:`CLIError`."""
+def _numpy_globals():
+    """NumPy scalars, dtypes and arrays, under the names NumPy 2 and NumPy 1.x write into a pickle."""
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    out = [np.dtype, np.ndarray, core.scalar, core._reconstruct,
+           (core.scalar, "numpy.core.multiarray.scalar"), (core._reconstruct, "numpy.core.multiarray._reconstruct")]
+    # NumPy >= 1.25 may name a dtype by its class (numpy.dtypes.Float64DType, ...)
+    out += sorted({type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                                                np.uint16, np.uint32, np.uint64, np.float16, np.float32,
+                                                np.float64)}, key=lambda c: c.__name__)
+    return out
+
+
+def allowed_globals():
+    """What a checkpoint may hold beyond torch's own ``weights_only`` allow-list (tensors, containers,
+    numbers, strings, ``OrderedDict``, ``Counter``, ``torch.Size``/dtypes/devices).
+
+    Built from the formats this project reads: upstream's and the released checkpoints (MoCo demo and
+    ImageNet, SwAV pretraining/linear, htdt SimCLR/BYOL) hold only those plus, in files written by older
+    scripts or tools, NumPy scalars/arrays (an accuracy or loss left as ``np.float64``) and an
+    ``argparse.Namespace`` of the run's options. Constructing these runs no code of the file's choosing.
+    """
+    return [argparse.Namespace] + _numpy_globals()
+
+
+def _refusal(err):
+    """(global, detail) from torch's ``UnpicklingError`` text: the ``module.name`` a refused pickle asked
+    for (None if it asked for none) and the first line of the loader's own explanation."""
+    text = str(err)
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    detail = next((line.strip() for line in detail.splitlines() if line.strip()), "")
+    return (m.group(1) if m else None), detail
+
+
+def load_checkpoint(path, map_location="cpu", unsafe=False):
+    """Loads a checkpoint file, turning every way it can be broken into one clear :class:`CLIError`.
+
+    Loading never runs code from the file: ``torch.load(weights_only=True)`` with :func:`allowed_globals`.
+    A file that wants any other Python global is refused with one line naming it. ``unsafe=True`` (the
+    scripts' ``--unsafe-load``) opens a file the user trusts with plain pickle (``weights_only=False``).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CLIError(f"checkpoint {path} does not exist")
@@ -68,8 +111,20 @@ def load_checkpoint(path, map_location="cpu"):
     if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         raise CLIError(f"{path} is an HTML page, not a checkpoint (a failed or quota-limited download?)")
     try:
-        # The checkpoints hold tensors, numbers, strings and NumPy RNG state; allow the NumPy types.
-        return torch.load(path, map_location=map_location, weights_only=False)
+        if unsafe:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(allowed_globals()), warnings.catch_warnings():
+            # "Detected pickle protocol 4": harmless, and a user-facing load says one line at most
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        name, detail = _refusal(e)
+        if name is None and detail.startswith("Unsupported operand"):  # a plain pickle, not a torch file
+            raise CLIError(f"cannot read checkpoint {path} (not a PyTorch file): {detail}") from None
+        what = (f"it asks for the Python global {name}, which no checkpoint of these formats holds"
+                if name else f"the safe loader cannot build it ({detail or type(e).__name__})")
+        raise CLIError(f"refused to load {path}: {what}; loading it with plain pickle could run code "
+                       "hidden in it: only if you trust the file, pass --unsafe-load") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, ImportError,
             AttributeError, KeyError, IndexError, TypeError) as e:
         # torch/pickle raise many kinds of error for truncated or foreign files

@@ -71,6 +71,14 @@ def save_args(args, path):
     os.replace(tmp, path)
 
 
+def add_unsafe_load_arg(parser):
+    """``--unsafe-load`` (also ``--unsafe_load``, for the SwAV scripts' spelling): the one way to open a
+    checkpoint the safe loader refuses (see :func:`common.checkpoint.load_checkpoint`)."""
+    parser.add_argument("--unsafe-load", "--unsafe_load", dest="unsafe_load", action="store_true",
+                        help="load checkpoints with plain pickle (torch.load weights_only=False), which runs "
+                             "any code the file holds: only for a file you trust that the safe loader refuses")
+
+
 def add_local_rank_arg(parser):
     """``--local_rank`` and ``--local-rank`` (PyTorch >= 2.0's torch.distributed.launch), same dest."""
     parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,

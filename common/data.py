@@ -3,13 +3,13 @@
 Errors a user can cause (no dataset, no network, a wrong folder layout) become one :class:`CLIError`.
 """
 import os
-import pickle
 from pathlib import Path
 
 import torchvision
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .cli import CLIError
+from .safepickle import load_pickle
 
 # Normalisation used by the official CIFAR code for *both* CIFAR-10 and CIFAR-100 (upstream quirk).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -40,8 +40,11 @@ class _LocalCheck:
         path = os.path.join(self.root, self.base_folder, self.meta["filename"])
         if not os.path.isfile(path):
             raise RuntimeError(f"{path} not found")
-        with open(path, "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        # a plain dict of class names: read allowing no Python global at all (no code can run)
+        meta = load_pickle(path, set(), what="CIFAR meta file", encoding="latin1")
+        if not isinstance(meta, dict) or self.meta["key"] not in meta:
+            raise CLIError(f"{path} is not a CIFAR meta file (no '{self.meta['key']}')")
+        self.classes = meta[self.meta["key"]]
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
@@ -61,6 +64,8 @@ def cifar(name, root, train, transform=None, download=True, cls=None):
     cls = cls or CIFAR_CLASSES[name]
     try:
         return cls(root=root, train=train, transform=transform, download=download)
+    except CLIError:
+        raise
     except RuntimeError as e:  # "Dataset not found or corrupted"
         raise CLIError(f"{name} not found under {root} ({e}); pass --data DIR holding "
                        f"{cls.base_folder}/ or allow the download") from None

@@ -33,7 +33,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.checkpoint import load_checkpoint, save_atomic, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
 from tools import check_output, layouts  # noqa: E402
 
 # kind -> (torchvision architecture, stem) of the converted backbone
@@ -136,9 +136,10 @@ def main(argv=None):
     p.add_argument("--keep-head", action="store_true",
                    help="keep the last projection layer as fc (MoCo only; SwAV heads are always dropped)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    add_unsafe_load_arg(p)
     args = p.parse_args(argv)
     check_output(args.output, args.force)
-    obj = load_checkpoint(args.input)
+    obj = load_checkpoint(args.input, unsafe=args.unsafe_load)
     sd = layouts.state_dict_of(obj)
     if sd is None:
         raise CLIError(f"{args.input} holds no model state_dict")

@@ -9,10 +9,11 @@ accuracy below. PATH is
 * a ``log.csv`` as written by the MoCo / SimCLR / BYOL scripts (``epoch,train_loss,test_acc@1,...``; the
   first column containing "loss" and the first containing "acc" are used, the validation accuracy
   ``val_acc1`` of ``main_lincls_unmix.py`` before its ``train_acc1``),
-* a SwAV ``stats*.pkl`` (pandas pickle: pretraining ``epoch,loss``; linear eval ``epoch,loss,prec1,...,
+* a SwAV ``stats*.csv`` or ``stats*.pkl`` (pretraining ``epoch,loss``; linear eval ``epoch,loss,prec1,...,
   prec1_val``, whose ``prec1_val`` is the accuracy; its 0-based epochs are shifted to count finished epochs
-  like the CSV logs) — pickles run code when read: only open files you trust,
-* or a run folder holding one of those (``log.csv`` first, then ``stats0.pkl``).
+  like the CSV logs). A pickle is read without running code from it: only the pandas/NumPy globals of a
+  DataFrame are allowed, anything else is refused,
+* or a run folder holding one of those (``log.csv`` first, then ``stats0.csv``, then ``stats0.pkl``).
 Accuracies stored as fractions (all values <= 1, as htdt's ``acc``) are shown in percent; the accuracy axis
 says which it is, kNN top-1 (the MoCo demo's monitor) or linear-probe top-1, and a panel mixing both marks
 each run's curve. Labels containing
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from common.safepickle import read_pandas_pickle  # noqa: E402
 from tools import check_output  # noqa: E402
 
 ACC_PREFERENCE = ("test_acc@1", "linear_acc@1", "prec1_val", "val_acc1", "knn_acc", "linear_acc", "test_acc",
@@ -58,21 +60,24 @@ def load_run(path):
     """A DataFrame with ``epoch``, ``loss`` and ``acc`` (NaN when the run has no accuracy)."""
     path = Path(path)
     if path.is_dir():
-        cands = [path / "log.csv", path / "stats0.pkl"] + sorted(path.glob("stats*.pkl"))
+        cands = ([path / "log.csv", path / "stats0.csv", path / "stats0.pkl"] + sorted(path.glob("stats*.csv"))
+                 + sorted(path.glob("stats*.pkl")))
         found = [c for c in cands if c.is_file()]
         if not found:
-            raise CLIError(f"{path} holds no log.csv or stats*.pkl")
+            raise CLIError(f"{path} holds no log.csv, stats*.csv or stats*.pkl")
         path = found[0]
     if not path.is_file():
         raise CLIError(f"{path} does not exist")
+    if path.suffix == ".pkl":
+        df = read_pandas_pickle(path, what="SwAV stats file")  # one CLIError for a refused/broken pickle
+    else:
+        df = None
     try:
-        if path.suffix == ".pkl":
-            df = pd.read_pickle(path)
-            if isinstance(df, pd.DataFrame) and "epoch" in df.columns:
-                # SwAV's PD_Stats count epochs from 0; the CSV logs count finished epochs (from 1)
-                df = df.assign(epoch=pd.to_numeric(df["epoch"], errors="coerce") + 1)
-        else:
+        if df is None:
             df = pd.read_csv(path)
+        if path.name.startswith("stats") and "epoch" in df.columns:
+            # SwAV's PD_Stats count epochs from 0; the CSV logs count finished epochs (from 1)
+            df = df.assign(epoch=pd.to_numeric(df["epoch"], errors="coerce") + 1)
     except Exception as e:  # pandas raises many types for foreign/truncated files
         raise CLIError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
             from None

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
 from tools import layouts  # noqa: E402
 
 DEFAULT_OUT = "released_checkpoints"
@@ -211,10 +211,10 @@ def verify_args(path):
             f"symmetric {args.get('symmetric')}")
 
 
-def verify_checkpoint(path, kind=None):
+def verify_checkpoint(path, kind=None, unsafe=False):
     """Loads ``path`` and checks its layout against ``kind`` (auto-detected when None); returns a summary."""
     from common.checkpoint import load_checkpoint  # imports torch: only when a checkpoint is read
-    obj = load_checkpoint(path)  # CLIError for missing / empty / HTML / truncated / foreign files
+    obj = load_checkpoint(path, unsafe=unsafe)  # CLIError for missing / empty / HTML / truncated / foreign files
     sd = layouts.state_dict_of(obj)
     if sd is None:
         keys = ", ".join(map(str, list(obj)[:4])) if isinstance(obj, dict) else type(obj).__name__
@@ -246,7 +246,7 @@ def md5_of(path):
     return h.hexdigest()
 
 
-def verify_path(path, kind=None, md5=""):
+def verify_path(path, kind=None, md5="", unsafe=False):
     """Verifies one file (or every file of a downloaded folder); returns a list of summary lines."""
     path = Path(path)
     if not path.exists():
@@ -258,7 +258,7 @@ def verify_path(path, kind=None, md5=""):
             raise CLIError(f"{path} is an empty folder")
         for p in files:
             if p.suffix in (".pth", ".tar", ".pt") or p.name.endswith(".pth.tar"):
-                out.append(f"{p}: {verify_checkpoint(p)}")
+                out.append(f"{p}: {verify_checkpoint(p, unsafe=unsafe)}")
             elif _is_html(p):
                 raise CLIError(f"{p} is an HTML page, not a released file (a failed or quota-limited download?)")
             elif p.suffix in (".csv", ".json"):
@@ -277,7 +277,7 @@ def verify_path(path, kind=None, md5=""):
         return [f"{path}: {verify_args(path)}"]
     if kind == "folder":
         raise CLIError(f"{path} is a file; the folder artefacts download to a directory")
-    return [f"{path}: {verify_checkpoint(path, kind)}"]
+    return [f"{path}: {verify_checkpoint(path, kind, unsafe)}"]
 
 
 # --- download ----------------------------------------------------------------------------------------------
@@ -472,6 +472,7 @@ def main(argv=None):
     g.add_argument("--kind", default=None, choices=kinds(),
                    help="the layout to check against (`folder`: every file of a downloaded folder)")
     g.add_argument("--name", default=None, help="catalogue name: its kind and published md5 are checked")
+    add_unsafe_load_arg(s)
     s = sub.add_parser("eval-cmd", help="print (or --run) the command that reproduces the published number",
                        formatter_class=HelpFormatter)
     s.add_argument("name")
@@ -490,7 +491,7 @@ def main(argv=None):
         if args.name:
             art = get(args.name)
             kind, md5 = (None if art.kind == "folder" else art.kind), art.md5
-        for line in verify_path(args.path, kind, md5):
+        for line in verify_path(args.path, kind, md5, args.unsafe_load):
             print("OK " + line)
     else:
         cmd = eval_command(get(args.name), args.path, args.data, args.out)

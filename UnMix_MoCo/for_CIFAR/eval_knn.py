@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
 from common.knn import extract_features, knn_accuracy  # noqa: E402
 from common.probe import linear_probe  # noqa: E402
 from common.utils import get_device, seed_everything, worker_count  # noqa: E402
@@ -28,6 +28,7 @@ from unmix_cifar import ModelBase, build_datasets  # noqa: E402
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="model_last.pth of the MoCo CIFAR demo")
+    add_unsafe_load_arg(p)
     p.add_argument("--dataset", default=None, choices=["cifar10", "cifar100", "imagefolder"],
                    help="default: the one recorded in the checkpoint, else cifar10")
     p.add_argument("--data", default=None, metavar="DIR", help="dataset root (default: the recorded one, else ./data)")
@@ -64,7 +65,7 @@ def main(argv=None):
     if args.batch_size < 1 or args.knn_k < 1 or args.knn_t <= 0 or args.linear_epochs < 0:
         raise CLIError("--batch-size and --knn-k must be at least 1, --knn-t positive, --linear-epochs >= 0")
     seed_everything(args.seed)
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, unsafe=args.unsafe_load)
     recorded = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
     args.arch = args.arch or recorded.get("arch", "resnet18")
     args.dataset = args.dataset or recorded.get("dataset", "cifar10")

@@ -28,7 +28,7 @@ from tqdm import tqdm  # noqa: E402
 from common import data as D  # noqa: E402
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
-from common.cli import CLIError, HelpFormatter, prepare_output_dir, save_args  # noqa: E402
+from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, save_args  # noqa: E402
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.dist import barrier, cleanup, concat_all_gather, get_rank, init_distributed, launcher_env  # noqa: E402
 from common.knn import knn_accuracy  # noqa: E402
@@ -76,6 +76,7 @@ def build_parser(dataset="cifar10"):
     p.add_argument("--knn-t", default=0.1, type=float, help="softmax temperature in kNN monitor")
     p.add_argument("--resume", default="", type=str, metavar="PATH",
                    help="path to a model_last.pth to continue from (exactly, for our checkpoints)")
+    add_unsafe_load_arg(p)
     p.add_argument("--results-dir", default="", type=str, metavar="DIR",
                    help=f"output folder; default ./UnMix_{{symmetric|asymmetric}}_{dir_tag} (MoCo_... with "
                         "--mix none, SAMix_... with --mix samix; the suffix follows --dataset), or the resumed "
@@ -367,7 +368,7 @@ def main(dataset="cifar10", argv=None):
     if args.resume and not args.results_dir:
         args.results_dir = os.path.dirname(os.path.abspath(args.resume))
     args.results_dir = args.results_dir or default_results_dir(args)
-    ckpt = load_checkpoint(args.resume) if args.resume else None  # fail early on a bad file
+    ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load) if args.resume else None  # fail early on a bad file
     # DDP when started by torchrun / torch.distributed.launch / srun (upstream: one GPU only); --batch-size is global
     rank, world, local_rank = launcher_env() or (0, 1, 0)
     batch_size = args.batch_size // world

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
+from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
 from common.dist import barrier, cleanup, is_dist  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
@@ -58,6 +58,7 @@ def get_parser():
     add_dist_args(p)
     p.add_argument("--pretrained", default="", type=str, metavar="PATH",
                    help="MoCo / Un-Mix pretraining checkpoint (module.encoder_q.* keys)")
+    add_unsafe_load_arg(p)
     p.add_argument("--output-dir", default=".", help="where checkpoint.pth.tar / model_best.pth.tar go "
                                                      "(upstream: the cwd)")
     p.add_argument("--crop-size", default=224, type=int,
@@ -65,17 +66,17 @@ def get_parser():
     return p
 
 
-def pretrained_backbone(path):
+def pretrained_backbone(path, unsafe=False):
     """Upstream's renaming: ``module.encoder_q.X`` -> ``X`` for every X outside the head ``fc``."""
-    ckpt = load_checkpoint(path, "cpu")
+    ckpt = load_checkpoint(path, "cpu", unsafe=unsafe)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CLIError(f"{path} has no 'state_dict': not a MoCo pretraining checkpoint")
     return {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items()
             if k.startswith(PREFIX) and not k.startswith(PREFIX + "fc")}
 
 
-def load_pretrained(model, path):
-    state_dict = pretrained_backbone(path)
+def load_pretrained(model, path, unsafe=False):
+    state_dict = pretrained_backbone(path, unsafe)
     if not state_dict:
         raise CLIError(f"{path} holds no '{PREFIX}*' weights (expects a MoCo / Un-Mix pretraining checkpoint "
                        "saved through DDP)")
@@ -85,10 +86,10 @@ def load_pretrained(model, path):
         raise CLIError(f"{path}: expected exactly fc.weight and fc.bias missing, got {msg.missing_keys}")
 
 
-def sanity_check(state_dict, pretrained_path):
+def sanity_check(state_dict, pretrained_path, unsafe=False):
     """Every non-fc tensor of the linear model (``module.`` keys) equals the pretrained query encoder's,
     running statistics included: the frozen backbone really stayed frozen."""
-    pre = load_checkpoint(pretrained_path, "cpu")["state_dict"]
+    pre = load_checkpoint(pretrained_path, "cpu", unsafe=unsafe)["state_dict"]
     for k, v in state_dict.items():
         if "fc.weight" in k or "fc.bias" in k:
             continue
@@ -97,8 +98,8 @@ def sanity_check(state_dict, pretrained_path):
     print("=> sanity check passed.")
 
 
-def read_resume(path, model):
-    ckpt = load_checkpoint(path, "cpu")
+def read_resume(path, model, unsafe=False):
+    ckpt = load_checkpoint(path, "cpu", unsafe=unsafe)
     if not isinstance(ckpt, dict) or not {"epoch", "state_dict", "optimizer"} <= set(ckpt):
         raise CLIError(f"{path} is not a linear-classification checkpoint (needs epoch, state_dict, optimizer)")
     check_compatible(model, strip_prefix(ckpt["state_dict"], "module."), f"checkpoint {path}")
@@ -156,7 +157,7 @@ def main_worker(local_index, args, plan):
     log(f"=> creating model '{args.arch}' ({plan.mode}: {world} process(es), {device})")
     net = build_model(args.arch)
     if args.pretrained:
-        load_pretrained(net, args.pretrained)
+        load_pretrained(net, args.pretrained, args.unsafe_load)
         log(f"=> loaded pre-trained model '{args.pretrained}'")
     net = net.to(device)
     ids = [device.index] if device.type == "cuda" else None
@@ -168,7 +169,7 @@ def main_worker(local_index, args, plan):
 
     best_acc1, rows = 0.0, []
     if args.resume:
-        ckpt = read_resume(args.resume, net)
+        ckpt = read_resume(args.resume, net, args.unsafe_load)
         net.load_state_dict(strip_prefix(ckpt["state_dict"], "module."))
         optimizer.load_state_dict(ckpt["optimizer"])
         args.start_epoch, best_acc1 = ckpt["epoch"], float(ckpt.get("best_acc1", 0.0))
@@ -219,7 +220,7 @@ def main_worker(local_index, args, plan):
                 shutil.copyfile(out / CKPT_NAME, out / BEST_NAME)
             write_csv(rows, out / LOG_NAME)
             if epoch == args.start_epoch and args.pretrained:  # guarded: upstream crashed without --pretrained
-                sanity_check(state, args.pretrained)
+                sanity_check(state, args.pretrained, args.unsafe_load)
             log(epoch_line(epoch + 1, train["loss"], lr, val["acc1"]))
     log(f"best Acc@1 {best_acc1:.3f}")
     barrier()  # nobody leaves while the main process is still saving
@@ -239,9 +240,9 @@ def main(argv=None):
         raise CLIError("--evaluate needs --resume (a linear classifier) or --pretrained")
     # every file the processes will read is checked here, before any of them starts
     if args.pretrained:
-        load_pretrained(build_model(args.arch), args.pretrained)
+        load_pretrained(build_model(args.arch), args.pretrained, args.unsafe_load)
     if args.resume:
-        read_resume(args.resume, build_model(args.arch))
+        read_resume(args.resume, build_model(args.arch), args.unsafe_load)
     prepare_output_dir(args.output_dir, bool(args.resume) or args.evaluate, CKPT_NAME)
     if args.gpu is not None:
         warnings.warn("You have chosen a specific GPU. This will completely disable data parallelism.")

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
+from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.data import TwoCrops, check_image_folder, image_folder, split_dir  # noqa: E402
 from common.dist import barrier, cleanup, is_dist  # noqa: E402
 from common.logs import EpochLine, plot_curves, write_csv  # noqa: E402
@@ -55,6 +55,7 @@ def get_parser():
     add_training_args(p, "dataset root holding train/<class>/<image>", epochs=200, lr=0.03,
                       schedule=[120, 160], weight_decay=1e-4)
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint_XXXX.pth.tar to continue")
+    add_unsafe_load_arg(p)
     p.add_argument("--seed", default=None, type=int,
                    help="seeds python/torch (as upstream) and also NumPy with seed+rank (upstream left the "
                         "Un-Mix draws unseeded)")
@@ -90,9 +91,9 @@ def build_model(args):
                 args.moco_tm, args.mlp)
 
 
-def read_resume(path, net, map_location="cpu"):
+def read_resume(path, net, map_location="cpu", unsafe=False):
     """Loads and checks a pretraining checkpoint; returns it (CLIError if it does not fit ``net``)."""
-    ckpt = load_checkpoint(path, map_location)
+    ckpt = load_checkpoint(path, map_location, unsafe=unsafe)
     if not isinstance(ckpt, dict) or not {"epoch", "state_dict", "optimizer"} <= set(ckpt):
         raise CLIError(f"{path} is not a MoCo pretraining checkpoint (needs epoch, state_dict, optimizer)")
     check_compatible(net, strip_prefix(ckpt["state_dict"], "module."), f"checkpoint {path}")
@@ -191,7 +192,7 @@ def main_worker(local_index, args, plan):
 
     rows = []
     if args.resume:
-        ckpt = read_resume(args.resume, net, map_location=device)
+        ckpt = read_resume(args.resume, net, map_location=device, unsafe=args.unsafe_load)
         net.load_state_dict(strip_prefix(ckpt["state_dict"], "module."))
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):  # {} from a run without --amp: nothing to restore
@@ -245,7 +246,7 @@ def main(argv=None):
         raise CLIError(f"--moco-k {args.moco_k} must be a multiple of the global batch "
                        f"{per_proc} x {plan.world} = {per_proc * plan.world}")
     if args.resume:
-        read_resume(args.resume, build_model(args))
+        read_resume(args.resume, build_model(args), unsafe=args.unsafe_load)
     out = prepare_output_dir(args.output_dir, bool(args.resume), LOG_NAME)
     if not args.resume and glob.glob(str(out / "checkpoint_[0-9]*.pth.tar")):
         raise CLIError(f"{out} already holds checkpoints; pass --resume to continue or choose another --output-dir")

@@ -4,7 +4,9 @@ SwAV entry script: ``params.pkl``, ``checkpoints/``, ``stats{rank}.pkl`` and ``t
 Differences from upstream: the stats rows are also kept in the checkpoint (``"stats"``), so a resumed
 run rewrites exactly the history it had (:func:`rows_before` reads it back from ``stats{rank}.pkl`` for
 checkpoints without them); files are written atomically; the logger is a named logger (not the root
-logger), so importing this module never changes other code's logging.
+logger), so importing this module never changes other code's logging; ``stats{rank}.pkl`` is read without
+running code from it (:func:`common.safepickle.read_pandas_pickle`) and also written as ``stats{rank}.csv``,
+a format any tool can read safely (the pickle stays, for upstream's tools).
 """
 import logging
 import os
@@ -16,6 +18,7 @@ from datetime import timedelta
 import pandas as pd
 
 from common.cli import CLIError
+from common.safepickle import read_pandas_pickle
 
 
 class LogFormatter(logging.Formatter):
@@ -61,7 +64,8 @@ def create_logger(filepath, rank=0, name="swav", console="stdout"):
 
 
 class PDStats:
-    """Upstream ``PD_Stats``: a pandas DataFrame pickled to ``path`` after every ``update``.
+    """Upstream ``PD_Stats``: a pandas DataFrame pickled to ``path`` after every ``update`` (and the same
+    table as CSV beside it: ``stats0.pkl`` -> ``stats0.csv``).
 
     ``rows`` (a list of tuples) is the history to start from; pass the one saved in the checkpoint
     when resuming so the file matches the checkpoint exactly.
@@ -88,6 +92,9 @@ class PDStats:
         tmp = f"{self.path}.tmp"
         self.stats.to_pickle(tmp)
         os.replace(tmp, self.path)
+        csv = os.path.splitext(self.path)[0] + ".csv"
+        self.stats.to_csv(f"{csv}.tmp", index=False)
+        os.replace(f"{csv}.tmp", csv)
 
 
 def rows_before(path, columns, epoch):
@@ -96,7 +103,7 @@ def rows_before(path, columns, epoch):
     resumed from a checkpoint that does not hold its stats rows. No file: no rows."""
     if not os.path.isfile(path):
         return []
-    df = pd.read_pickle(path)
+    df = read_pandas_pickle(path, what="SwAV stats file")
     if list(df.columns) != list(columns):
         raise CLIError(f"{path} is not a stats file of this script (columns {list(df.columns)})")
     rows = [tuple(v.item() if hasattr(v, "item") else v for v in r) for r in df.itertuples(index=False, name=None)]

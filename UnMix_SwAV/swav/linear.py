@@ -30,7 +30,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state)
-from common.cli import CLIError, HelpFormatter, add_local_rank_arg, bool_flag, prepare_output_dir
+from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, bool_flag,
+                        prepare_output_dir)
 from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
 from common.dist import barrier, cleanup, init_distributed, launcher_env
 from common.logs import EpochLine, write_csv
@@ -81,6 +82,7 @@ def add_common_args(parser, v):
     parser.add_argument("--resume", type=bool_flag, nargs="?", const=True, default=False,
                         help="continue the run in --dump_path (upstream always did; here a finished or "
                              "interrupted run is never silently continued or overwritten)")
+    add_unsafe_load_arg(parser)
 
 
 def build_parser(variant):
@@ -163,7 +165,7 @@ def imagenet_datasets(data_path, train_tf, val_tf, train_cls=None):
     return train_val_folders(data_path, train_tf, val_tf, train_cls)
 
 
-def load_backbone(model, path, what="pretrained weights", allow_missing=()):
+def load_backbone(model, path, what="pretrained weights", allow_missing=(), unsafe=False):
     """Loads a SwAV / SwAV+Un-Mix pretraining checkpoint into ``model`` (no head, no prototypes).
 
     Accepts ``{"state_dict": ...}`` or a raw state_dict, ``module.``-prefixed or not; the projection
@@ -171,7 +173,7 @@ def load_backbone(model, path, what="pretrained weights", allow_missing=()):
     backbone key for key and shape for shape, else one clear error (upstream loaded with
     ``strict=False`` and silently trained on random weights). Returns a message for the log.
     """
-    ckpt = load_checkpoint(path, map_location="cpu")
+    ckpt = load_checkpoint(path, map_location="cpu", unsafe=unsafe)
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not all(torch.is_tensor(t) for t in sd.values()):
         raise CLIError(f"{path} holds no state_dict (a dict of tensors, or {{'state_dict': ...}})")
@@ -190,12 +192,12 @@ def loader(dataset, batch_size, workers, sampler=None, shuffle=False):
                       drop_last=False, persistent_workers=False)
 
 
-def resume_state(path, resume, logger):
+def resume_state(path, resume, logger, unsafe=False):
     """The checkpoint dict in ``path`` when resuming and it exists, else ``None``."""
     ckpt_path = os.path.join(path, CHECKPOINT)
     if not (resume and os.path.isfile(ckpt_path)):
         return None
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu", unsafe=unsafe)
     logger.info(f"Found checkpoint at {ckpt_path}: resuming from epoch {ckpt.get('epoch', 0)}")
     return ckpt
 
@@ -329,7 +331,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
     trained = unwrap(model if head is None else head)
     world = args.world_size
     start_epoch, best = 0, (0.0, 0.0)
-    ckpt = resume_state(args.dump_path, args.resume, logger)
+    ckpt = resume_state(args.dump_path, args.resume, logger, args.unsafe_load)
     if ckpt is not None:
         try:
             sd = strip_module(ckpt["state_dict"])
@@ -409,7 +411,7 @@ def main(variant, argv=None):
     # below draws from the seeded RNG after the backbone, in upstream's order)
     seed_everything(args.seed)
     model = build(args.arch, output_dim=0, eval_mode=True, cifar_stem=VARIANTS[variant]["cifar_stem"])
-    loaded = load_backbone(model, args.pretrained) if args.pretrained else None
+    loaded = load_backbone(model, args.pretrained, unsafe=args.unsafe_load) if args.pretrained else None
 
     # ---- data (before anything is written: a wrong path leaves no half-made dump folder)
     train_set, val_set, n_classes = build_data(args, variant)

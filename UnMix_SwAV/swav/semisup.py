@@ -118,7 +118,8 @@ def main(argv=None):
     seed_everything(args.seed)
     model = build(args.arch, output_dim=len(find_classes(train_dir)[0]), cifar_stem=False)
     head_keys = [k for k in model.state_dict() if k.startswith("projection_head.")]
-    loaded = load_backbone(model, args.pretrained, allow_missing=head_keys) if args.pretrained else None
+    loaded = (load_backbone(model, args.pretrained, allow_missing=head_keys, unsafe=args.unsafe_load)
+              if args.pretrained else None)
 
     # ---- data: the labelled subset of train/, the whole of val/ (checked before anything is written)
     train_tf, val_tf = imagenet_transforms(args.crop_size, args.val_resize)

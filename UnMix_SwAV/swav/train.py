@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state, strip_prefix)
-from common.cli import CLIError, HelpFormatter, add_local_rank_arg, bool_flag, prepare_output_dir
+from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, bool_flag,
+                        prepare_output_dir)
 from common.data import cifar, image_folder
 from common.device_aug import DeviceLoader, add_aug_arg
 from common.dist import barrier, init_distributed, launcher_env
@@ -148,6 +149,7 @@ def build_parser(variant):
     p.add_argument("--resume", type=bool_flag, nargs="?", const=True, default=False,
                    help="continue the run in --dump_path (upstream resumed automatically; here a run is "
                         "never overwritten without it)")
+    add_unsafe_load_arg(p)
     p.add_argument("--seed", type=int, default=31, help="seed of torch and NumPy (the same on every rank)")
     if variant == "cifar":  # the ImageNet crops' PIL blur has no device version
         add_aug_arg(p)
@@ -339,7 +341,7 @@ def main(variant, argv=None):
     start_epoch, rng_states, saved_stats = 0, None, None
     ckpt_path = dump / "checkpoint.pth.tar"
     if args.resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        ckpt = load_checkpoint(ckpt_path, map_location=device, unsafe=args.unsafe_load)
         if not isinstance(ckpt, dict) or not {"state_dict", "optimizer", "epoch"} <= set(ckpt):
             raise CLIError(f"{ckpt_path} is not a SwAV pretraining checkpoint (needs 'epoch', 'state_dict' "
                            "and 'optimizer')")
@@ -371,7 +373,7 @@ def main(variant, argv=None):
     queue = None
     queue_path = dump / f"queue{rank}.pth"
     if start_epoch > 0 and queue_path.is_file():
-        queue = load_checkpoint(queue_path, map_location=device)
+        queue = load_checkpoint(queue_path, map_location=device, unsafe=args.unsafe_load)
         if not isinstance(queue, dict) or not torch.is_tensor(queue.get("queue")):
             raise CLIError(f"{queue_path} is not a SwAV queue file (no 'queue' tensor)")
         queue = queue["queue"]

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # repo root
 
 from common.checkpoint import load_checkpoint  # noqa: E402
-from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
 
 PREFIX = "module.encoder_q."
 
@@ -52,10 +52,11 @@ def main(argv=None):
     p.add_argument("input", help="MoCo / Un-Mix checkpoint (*.pth.tar with module.encoder_q.* keys)")
     p.add_argument("output", help="detectron2 weights to write (*.pkl)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    add_unsafe_load_arg(p)
     args = p.parse_args(argv)
     if Path(args.output).exists() and not args.force:
         raise CLIError(f"{args.output} exists; pass --force to overwrite it")
-    ckpt = load_checkpoint(args.input, "cpu")
+    ckpt = load_checkpoint(args.input, "cpu", unsafe=args.unsafe_load)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CLIError(f"{args.input} has no 'state_dict': not a MoCo pretraining checkpoint")
     model = convert(ckpt["state_dict"])

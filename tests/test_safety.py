@@ -1,0 +1,223 @@
+"""Loading never runs code from a file: a checkpoint (or stats pickle) whose unpickling would create a marker
+file is refused by every loader with one error line naming the file and the global it wanted, and the
+marker never appears; what the released/upstream formats really hold (NumPy scalars, an argparse
+Namespace) still loads; ``--unsafe-load`` is the only way to open such a file."""
+import argparse
+import builtins
+import importlib.util
+import os
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, assert_clean_error, run_script
+from fakedata import make_cifar
+from common.checkpoint import load_checkpoint
+from common.cli import CLIError, run_main
+
+
+class Payload:
+    """Unpickling it calls ``exec``, which creates ``marker``: what a malicious download would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return builtins.exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def evil_checkpoint(path, marker, **extra):
+    """A file in the MoCo/SwAV checkpoint shape whose unpickling runs the payload."""
+    torch.save({"epoch": 1, "state_dict": {}, "optimizer": {}, "payload": Payload(marker), **extra}, path)
+    return path
+
+
+def script(relpath):
+    """Imports an entry script by path (also ``convert-pretrain-to-detectron2.py``)."""
+    name = "safety_" + relpath.replace("/", "_").replace("-", "_").replace(".py", "")
+    spec = importlib.util.spec_from_file_location(name, ROOT / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def assert_refused(capsys, marker, path, main, *args):
+    """``run_main(main, *args)`` exits non-zero with one error line naming ``path`` and the global ``exec``."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(main, *args)
+    err = capsys.readouterr().err
+    assert e.value.code != 0
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "refused" in lines[0] and str(path) in lines[0] and "exec" in lines[0], lines[0]
+    assert not os.path.exists(marker), "the payload ran"
+
+
+@pytest.fixture(scope="module")
+def tiny_c10(tmp_path_factory):
+    return make_cifar(tmp_path_factory.mktemp("safety_c10"), "cifar10", n_train=16, n_test=8)
+
+
+# --- common.checkpoint ---------------------------------------------------------------------------------------
+def test_load_checkpoint_refuses_code_and_keeps_the_released_contents(tmp_path):
+    marker = tmp_path / "marker"
+    for name, save in (("zip.pth", {}), ("legacy.pth", {"_use_new_zipfile_serialization": False})):
+        f = tmp_path / name
+        torch.save({"state_dict": {}, "x": Payload(marker)}, f, **save)
+        with pytest.raises(CLIError, match=rf"refused to load {f}: .*global exec.*--unsafe-load"):
+            load_checkpoint(f)
+        assert not marker.exists()
+    # a plain pickle (not a torch file) is refused as well
+    with open(tmp_path / "plain.pkl", "wb") as fh:
+        pickle.dump({"x": Payload(marker)}, fh, protocol=2)
+    with pytest.raises(CLIError, match="plain.pkl"):
+        load_checkpoint(tmp_path / "plain.pkl")
+    assert not marker.exists()
+    # what older scripts/tools put into checkpoints: NumPy scalars and arrays, an argparse Namespace,
+    # a scheduler's Counter, torch dtypes/devices - loads without the unsafe switch, values intact
+    obj = {"epoch": np.int64(3), "best_acc": np.float64(71.25), "acc": np.float32(0.5), "flag": np.bool_(True),
+           "hist": np.arange(4.0), "args": argparse.Namespace(arch="resnet50", lr=0.03, schedule=[120, 160]),
+           "scheduler": torch.optim.lr_scheduler.MultiStepLR(
+               torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), [2, 2]).state_dict(),
+           "state_dict": {"w": torch.ones(2, dtype=torch.float16)}}
+    torch.save(obj, tmp_path / "ok.pth")
+    back = load_checkpoint(tmp_path / "ok.pth")
+    assert back["epoch"] == 3 and back["best_acc"] == 71.25 and back["flag"] and back["acc"] == 0.5
+    assert np.array_equal(back["hist"], np.arange(4.0)) and back["args"].schedule == [120, 160]
+    assert back["scheduler"]["milestones"] == obj["scheduler"]["milestones"]
+    assert torch.equal(back["state_dict"]["w"], obj["state_dict"]["w"])
+    # the explicit opt-in opens a trusted file with plain pickle (the payload runs: that is the point)
+    load_checkpoint(tmp_path / "zip.pth", unsafe=True)
+    assert marker.exists()
+
+
+# --- every loader, as a user reaches it ----------------------------------------------------------------------
+def test_moco_cifar_resume_refuses_code_end_to_end(tmp_path, tiny_c10):
+    marker = tmp_path / "marker"
+    f = evil_checkpoint(tmp_path / "model_last.pth", marker)
+    before = sorted(os.listdir(tmp_path))
+    p = run_script(["UnMix_MoCo/for_CIFAR/unmix_c10.py", "--data", tiny_c10, "--resume", f], check=False)
+    assert_clean_error(p, f"refused to load {f}", "exec", "--unsafe-load")
+    assert not marker.exists() and sorted(os.listdir(tmp_path)) == before
+
+
+def test_every_checkpoint_loader_refuses_code(tmp_path, capsys, imagefolder_root, tiny_c10):
+    marker = tmp_path / "marker"
+    f = evil_checkpoint(tmp_path / "evil.pth.tar", marker)
+    folder = str(imagefolder_root)
+
+    assert_refused(capsys, marker, f, script("UnMix_MoCo/for_CIFAR/unmix_cifar.py").main, "cifar100",
+                   ["--data", str(tiny_c10), "--resume", str(f)])
+    assert_refused(capsys, marker, f, script("UnMix_MoCo/for_CIFAR/eval_knn.py").main, [str(f)])
+    assert_refused(capsys, marker, f, script("UnMix_MoCo/for_ImageNet/main_moco_unmix.py").main,
+                   [folder, "-a", "resnet18", "--resume", str(f), "--output-dir", str(tmp_path / "m")])
+    lincls = script("UnMix_MoCo/for_ImageNet/main_lincls_unmix.py").main
+    assert_refused(capsys, marker, f, lincls, [folder, "-a", "resnet18", "--pretrained", str(f),
+                                               "--output-dir", str(tmp_path / "l")])
+    assert_refused(capsys, marker, f, lincls, [folder, "-a", "resnet18", "--resume", str(f),
+                                               "--output-dir", str(tmp_path / "l")])
+    assert_refused(capsys, marker, f, script("UnMix_MoCo/for_ImageNet/detection/convert-pretrain-to-detectron2.py")
+                   .main, [str(f), str(tmp_path / "out.pkl")])
+    linear = script("UnMix_SwAV/for_CIFAR/eval_linear.py").main
+    assert_refused(capsys, marker, f, linear, "cifar", ["--data_path", str(tiny_c10), "--pretrained", str(f),
+                                                        "--dump_path", str(tmp_path / "lin"), "--workers", "0"])
+    assert_refused(capsys, marker, f, script("UnMix_SwAV/for_ImageNet/eval_semisup.py").main,
+                   ["--data_path", folder, "--pretrained", str(f), "--dump_path", str(tmp_path / "semi"),
+                    "--arch", "resnet50", "--subset_file", str(_subset(tmp_path, imagefolder_root))])
+    # SwAV eval_linear --resume reads DUMP/checkpoint.pth.tar
+    dump = tmp_path / "lin_resume"
+    dump.mkdir()
+    evil_checkpoint(dump / "checkpoint.pth.tar", marker)
+    assert_refused(capsys, marker, dump / "checkpoint.pth.tar", linear, "cifar",
+                   ["--data_path", str(tiny_c10), "--dump_path", str(dump), "--resume", "true", "--workers", "0"])
+    simclr = script("UnMix_SimCLR_BYOL/main_unmix.py").main
+    assert_refused(capsys, marker, f, simclr, ["--data", str(tiny_c10), "--resume", str(f)])
+    assert_refused(capsys, marker, f, script("UnMix_SimCLR_BYOL/eval.py").main, [str(f)])
+    released = script("tools/released.py").main
+    assert_refused(capsys, marker, f, released, ["verify", str(f)])
+    assert_refused(capsys, marker, f, script("tools/convert_to_torchvision.py").main,
+                   [str(f), str(tmp_path / "tv.pth")])
+    assert not (tmp_path / "out.pkl").exists() and not (tmp_path / "tv.pth").exists()
+
+
+def _subset(tmp_path, imagefolder_root):
+    train = imagefolder_root / "train"
+    names = sorted(p.name for d in train.iterdir() for p in d.iterdir())[:4]
+    (tmp_path / "subset.txt").write_text("\n".join(names) + "\n")
+    return tmp_path / "subset.txt"
+
+
+def test_swav_pretraining_refuses_code_in_checkpoint_and_queue(tmp_path, capsys, tiny_c10):
+    train = script("UnMix_SwAV/for_CIFAR/main_swav_unmix.py").main
+    marker = tmp_path / "marker"
+    dump = tmp_path / "run"
+    args = ["--data_path", str(tiny_c10), "--dump_path", str(dump), "--epochs", "1", "--batch_size", "8",
+            "--hidden_mlp", "16", "--feat_dim", "8", "--nmb_prototypes", "10", "--workers", "0",
+            "--warmup_epochs", "0", "--queue_length", "16", "--epoch_queue_starts", "0"]
+    run_main(train, "cifar", args)
+    assert (dump / "queue0.pth").is_file()
+    good = (dump / "checkpoint.pth.tar").read_bytes()
+    evil_checkpoint(dump / "queue0.pth", marker)
+    assert_refused(capsys, marker, dump / "queue0.pth", train, "cifar", args + ["--epochs", "2", "--resume"])
+    evil_checkpoint(dump / "checkpoint.pth.tar", marker)
+    assert_refused(capsys, marker, dump / "checkpoint.pth.tar", train, "cifar", args + ["--resume"])
+    assert good  # the run's own checkpoint was readable before it was replaced
+
+
+def test_hub_refuses_code_in_local_and_cached_files(tmp_path):
+    marker = tmp_path / "marker"
+    f = evil_checkpoint(tmp_path / "evil.pth.tar", marker)
+    with pytest.raises(CLIError, match="refused to load .*exec"):
+        torch.hub.load(str(ROOT), "swav_cifar_resnet18", source="local", checkpoint=str(f))
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:  # an HTTPS artefact already in the torch.hub cache is loaded through the same safe loader
+        cache = tmp_path / "hub" / "checkpoints" / "unmix"
+        cache.mkdir(parents=True)
+        evil_checkpoint(cache / "moco_v2_800ep_pretrain.pth.tar", marker)
+        with pytest.raises(CLIError, match="refused to load .*exec"):
+            torch.hub.load(str(ROOT), "mocov2_resnet50", source="local")
+    finally:
+        torch.hub.set_dir(old)
+    assert not marker.exists()
+
+
+# --- stats pickles and the CIFAR meta file -------------------------------------------------------------------
+def test_stats_pickles_are_read_without_running_code(tmp_path, capsys):
+    from UnMix_SwAV.swav.exp import PDStats, rows_before
+    marker = tmp_path / "marker"
+    with open(tmp_path / "stats0.pkl", "wb") as fh:
+        pickle.dump(pd.DataFrame({"epoch": [0], "loss": [Payload(marker)]}), fh)
+    assert_refused(capsys, marker, tmp_path / "stats0.pkl", script("tools/plot_curves.py").main,
+                   ["--run", str(tmp_path / "stats0.pkl"), "--out", str(tmp_path / "c.png")])
+    with pytest.raises(CLIError, match="refused to read .*stats0.pkl.*exec"):
+        rows_before(tmp_path / "stats0.pkl", ["epoch", "loss"], 5)
+    assert not marker.exists()
+    # upstream PD_Stats files (object columns filled row by row with .loc) still read, and the CSV written
+    # beside the pickle holds the same table
+    (tmp_path / "ok").mkdir()
+    s = PDStats(str(tmp_path / "ok" / "stats0.pkl"), ["epoch", "loss"])
+    s.update((0, 7.5))
+    s.update((1, np.float64(6.25)))
+    up = pd.DataFrame(columns=["epoch", "loss"])
+    up.loc[0], up.loc[1] = (0, 7.5), (1, 6.25)
+    up.to_pickle(tmp_path / "up.pkl", protocol=2)
+    assert rows_before(tmp_path / "up.pkl", ["epoch", "loss"], 2) == [(0, 7.5), (1, 6.25)]
+    assert rows_before(tmp_path / "ok" / "stats0.pkl", ["epoch", "loss"], 2) == [(0, 7.5), (1, 6.25)]
+    assert pd.read_csv(tmp_path / "ok" / "stats0.csv").values.tolist() == [[0, 7.5], [1, 6.25]]
+
+
+def test_cifar_meta_is_read_without_running_code(tmp_path):
+    from common.data import cifar
+    marker = tmp_path / "marker"
+    root = make_cifar(tmp_path / "c", "cifar10", n_train=8, n_test=4)
+    meta = next(p for p in (tmp_path / "c").rglob("batches.meta"))
+    with open(meta, "wb") as fh:
+        pickle.dump({"label_names": Payload(marker)}, fh)
+    with pytest.raises(CLIError, match="refused to read .*batches.meta"):
+        cifar("cifar10", root, train=True, download=False)
+    assert not marker.exists()
