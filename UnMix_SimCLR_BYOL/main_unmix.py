@@ -177,7 +177,7 @@ def default_results_dir(args):
 
 # Per-session settings; every other argument of a resumed run (the data root included) comes from its
 # checkpoint unless given again.
-SESSION_ARGS = {"resume", "results_dir", "workers", "stop_after"}
+SESSION_ARGS = {"resume", "results_dir", "workers", "stop_after", "unsafe_load"}
 
 
 def explicit_args(argv):
@@ -206,6 +206,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load) if args.resume else None  # fail early on a bad file
+    if ckpt is not None and not (isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict)):
+        # without them the run would silently take the defaults (and look for CIFAR in ./data)
+        raise CLIError(f"{args.resume} holds no recorded settings ('args'): only a model_last.pth written by "
+                       "this script can be resumed (htdt's {method}_{dataset}_{ep}.pt files hold weights only: "
+                       "evaluate them with eval.py)")
     if ckpt is not None:
         adopt_checkpoint_args(args, ckpt, argv)
     check_args(args)
@@ -223,7 +228,7 @@ def main(argv=None):
     if len(train_data) < args.batch_size:
         raise CLIError(f"the training set has {len(train_data)} images, fewer than one batch of {args.batch_size}")
     clf_loader, test_loader = eval_loaders(args.dataset, args.data, args.crop_size, 1000, args.workers, device)
-    results_dir = prepare_output_dir(args.results_dir, resume=bool(args.resume), marker=CHECKPOINT)
+    results_dir = prepare_output_dir(args.results_dir, resume=args.resume, marker=CHECKPOINT)
     # htdt: shuffle, drop_last (97 iterations per CIFAR epoch at batch 512)
     if args.aug == "device":
         train_loader = DeviceLoader(train_data, train_data.transform, args.batch_size, device)

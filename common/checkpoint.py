@@ -4,34 +4,65 @@ Files are written to a temporary name in the same directory, flushed to disk, th
 target, so a run killed mid-write (even ``kill -9``) leaves the previous checkpoint intact.
 """
 import argparse
+import errno
 import os
 import pickle
 import random
 import re
-import tempfile
+import secrets
+import shutil
 import warnings
 import zipfile
 
 import numpy as np
 import torch
 
-from .cli import CLIError
+from .cli import WRITE_ERRNOS, CLIError, cannot_write
+
+
+def _create_temp(d):
+    """A new ``d/.tmp-XXXXXXXX.pth`` opened for writing, created with mode 0666 minus the umask as any
+    file (``tempfile.mkstemp`` makes 0600, which a group sharing the run folder could not read)."""
+    for _ in range(100):
+        tmp = os.path.join(d, f".tmp-{secrets.token_hex(6)}.pth")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", d)
+
+
+def _is_write_failure(e):
+    """torch.save's writer reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc ...]
+    ... PytorchStreamWriter failed writing file ...``."""
+    return isinstance(e, RuntimeError) and ("inline_container" in str(e) or "PytorchStreamWriter" in str(e))
 
 
 def save_atomic(obj, path):
-    """``torch.save`` to ``path`` via a temp file + ``os.replace``."""
+    """``torch.save`` to ``path`` via a temp file + ``os.replace``.
+
+    A folder that cannot be written (full disk, quota, read-only, permissions) gives one :class:`CLIError`
+    naming ``path``; the temp file is removed and a previous file at ``path`` is left as it was.
+    """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=d)
+    tmp = None
     try:
+        fd, tmp = _create_temp(d)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            raise CLIError(cannot_write(path, e.strerror)) from None
+        if _is_write_failure(e):
+            free = shutil.disk_usage(d).free
+            raise CLIError(cannot_write(path, f"the write failed ({free / 2 ** 20:.0f} MiB free in {d}): "
+                                              f"{str(e).splitlines()[0][:120]}")) from None
         raise
 
 
@@ -146,6 +177,8 @@ def check_compatible(model, state_dict, what="checkpoint", allow_missing=()):
     architecture.
     """
     own = model.state_dict()
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise CLIError(f"{what} holds no state_dict (a dict of tensors): wrong kind of file?")
     missing = [k for k in own if k not in state_dict and k not in allow_missing]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]

@@ -1,5 +1,6 @@
 """Command-line plumbing: one clear error line instead of a traceback, output-directory safety, flags."""
 import argparse
+import errno
 import json
 import os
 import sys
@@ -10,6 +11,17 @@ class CLIError(Exception):
     """A user-facing error: printed as one ``error: ...`` line, exit status 2."""
 
 
+# A full disk, a quota, a read-only file system, missing permissions: the output folder cannot be written.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def cannot_write(path, reason):
+    """The one line for an output file that cannot be written (see :func:`common.checkpoint.save_atomic`)."""
+    return (f"cannot write {path}: {reason}; every file is written to a temporary name and renamed, so what "
+            "was there before (the previous checkpoint included) is intact - free space or fix the folder's "
+            "permissions, then continue with --resume")
+
+
 def run_main(main, *args, **kwargs):
     """Runs ``main``; a :class:`CLIError` becomes one line on stderr and exit code 2."""
     try:
@@ -17,6 +29,14 @@ def run_main(main, *args, **kwargs):
     except CLIError as e:
         prog = os.path.basename(sys.argv[0]) or "unmix"
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        # any other file the run writes (log.csv, curves.png, args.json, ...) on a full or read-only disk
+        prog = os.path.basename(sys.argv[0]) or "unmix"
+        print(f"{prog}: error: {cannot_write(e.filename or 'an output file', e.strerror)}", file=sys.stderr,
+              flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -49,9 +69,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def prepare_output_dir(path, resume, marker):
-    """Creates ``path`` for a new run, refusing to overwrite a previous run unless resuming.
+    """Creates ``path`` for a new run, refusing to overwrite a previous run unless resuming it.
 
-    ``marker`` is the file whose presence means "a run lives here" (e.g. ``model_last.pth``).
+    ``marker`` is the file whose presence means "a run lives here" (e.g. ``model_last.pth``). ``resume`` is
+    a bool (the run in ``path`` itself is continued) or the checkpoint file being resumed: then ``path``
+    must be that file's own folder, or a new or empty folder (the resumed run must not overwrite another).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -59,7 +81,17 @@ def prepare_output_dir(path, resume, marker):
     if not resume and (path / marker).exists():
         raise CLIError(f"{path} already holds a run ({marker}); pass --resume to continue it "
                        "or choose another output directory")
-    path.mkdir(parents=True, exist_ok=True)
+    if isinstance(resume, (str, os.PathLike)) and path.is_dir() and any(path.iterdir()):
+        own = Path(resume).resolve().parent
+        if path.resolve() != own:
+            what = f"another run ({marker})" if (path / marker).exists() else "other files"
+            raise CLIError(f"{path} already holds {what}: --resume {resume} writes into its own folder {own} "
+                           "or into a new or empty one; choose such a --results-dir (or resume "
+                           f"{path / marker} to continue the run in {path})")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(cannot_write(path, e.strerror)) from None
     return path
 
 

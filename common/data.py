@@ -1,12 +1,23 @@
 """Datasets: CIFAR-10/100 (torchvision, downloaded when missing) and any ImageFolder tree.
 
-Errors a user can cause (no dataset, no network, a wrong folder layout) become one :class:`CLIError`.
+Errors a user can cause (no dataset, no network, a wrong folder layout, an unreadable image) become one
+:class:`CLIError`.
+
+Image files are checked before training, once, here: every ImageFolder loader goes through
+:func:`image_folder` / :func:`train_val_folders`, which open the header of every image (PIL, as the
+loader will) and refuse a tree holding an empty, corrupt or non-image file, naming it. A header check
+cannot see a truncated image body; decoding one later stops the run with one line naming the file
+(:func:`read_image`) instead of a DataLoader traceback.
 """
 import os
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torchvision
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from .cli import CLIError
 from .safepickle import load_pickle
@@ -59,9 +70,23 @@ class CIFAR100(_LocalCheck, torchvision.datasets.CIFAR100):
 CIFAR_CLASSES = {"cifar10": CIFAR10, "cifar100": CIFAR100}
 
 
+def _first_missing(path):
+    """The outermost folder of ``path`` that does not exist yet (``None`` if ``path`` exists)."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
 def cifar(name, root, train, transform=None, download=True, cls=None):
-    """``CIFAR10``/``CIFAR100`` (or a subclass ``cls`` of them) under ``root``; downloads when missing."""
+    """``CIFAR10``/``CIFAR100`` (or a subclass ``cls`` of them) under ``root``; downloads when missing.
+
+    A folder this call created for the download is removed again when the download fails."""
     cls = cls or CIFAR_CLASSES[name]
+    created = _first_missing(root)
     try:
         return cls(root=root, train=train, transform=transform, download=download)
     except CLIError:
@@ -74,10 +99,81 @@ def cifar(name, root, train, transform=None, download=True, cls=None):
                        f"extract it into {root} and run again") from None
     except Exception as e:  # unpickling a corrupt batch file
         raise CLIError(f"cannot read {name} under {root}: {type(e).__name__}: {e}") from None
+    finally:
+        if created is not None and os.path.isdir(created) and not _has_cifar(created, cls):
+            shutil.rmtree(created, ignore_errors=True)  # made by this call: at most a partial archive
 
 
-def check_image_folder(path):
-    """Checks that ``path`` is an ImageFolder tree (class sub-folders holding images)."""
+def _has_cifar(folder, cls):
+    return os.path.isdir(os.path.join(folder, cls.base_folder)) or any(
+        os.path.isdir(os.path.join(d, cls.base_folder)) for d, _, _ in os.walk(folder))
+
+
+class ImageReadError(CLIError):
+    """An image that cannot be decoded. Raised in a DataLoader worker, it is re-raised in the main process
+    as ``ImageReadError(<the worker's traceback>)``: keep only the original message, one line."""
+
+    def __init__(self, msg):
+        text = str(msg)
+        if "Traceback" in text:
+            last = text.strip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(text)
+
+
+def read_image(path):
+    """ImageFolder's loader (``torchvision.datasets.folder.pil_loader``: PIL, RGB) with one clear error."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"cannot decode image {path}: {e} (a corrupt or truncated file: remove or "
+                             "replace it)") from None
+
+
+def _header_error(path):
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 (parsed from the header)
+        return None
+    except Exception as e:  # PIL raises many types for foreign files
+        return f"{type(e).__name__}: {e}"
+
+
+_CHECKED = set()  # trees this process has checked already (e.g. train/ read by two loaders)
+
+
+def check_images(paths, root):
+    """Opens the header of every image in ``paths`` (PIL's format detection and size, no decoding), with a
+    progress bar on large trees; one :class:`CLIError` naming the first unreadable file and the count.
+
+    Cost: ~0.15 ms per file on this project's 2-core machine (ImageNet's 1.28M images: a few minutes on one
+    core, faster with the threads used here on a machine with more). In a multi-process run only rank 0
+    checks (``$RANK``/``$SLURM_PROCID``); the others read the same files.
+    """
+    key = str(Path(root).resolve())
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
+    if key in _CHECKED or rank != 0:
+        return
+    paths = list(paths)
+    chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+    bad = []
+    from tqdm import tqdm
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as ex, \
+            tqdm(total=len(paths), desc=f"checking images in {root}", unit="img", file=sys.stderr,
+                 disable=len(paths) < 20000) as bar:
+        for chunk, errs in zip(chunks, ex.map(lambda c: [_header_error(p) for p in c], chunks)):
+            bad += [(p, e) for p, e in zip(chunk, errs) if e]
+            bar.update(len(chunk))
+    if bad:
+        raise CLIError(f"{len(bad)} of the {len(paths)} images under {root} cannot be read, e.g. {bad[0][0]} "
+                       f"({bad[0][1]}); remove or replace them")
+    _CHECKED.add(key)
+
+
+def check_image_folder(path, images=False):
+    """Checks that ``path`` is an ImageFolder tree (class sub-folders holding images) and, with ``images``,
+    every image's header (:func:`check_images`): for a parent process that checks before it spawns."""
     path = Path(path)
     if not path.is_dir():
         raise CLIError(f"image folder {path} does not exist")
@@ -86,16 +182,27 @@ def check_image_folder(path):
         raise CLIError(f"{path} has no class sub-folders; expected {path}/<class>/<image>")
     if not any(f.suffix.lower() in IMG_EXTENSIONS for d in classes for f in d.rglob("*")):
         raise CLIError(f"{path} has class folders but no images ({', '.join(IMG_EXTENSIONS)})")
+    if images:
+        _, class_to_idx = find_classes(str(path))
+        try:
+            samples = make_dataset(str(path), class_to_idx, extensions=IMG_EXTENSIONS)
+        except FileNotFoundError as e:  # a class folder without images
+            raise CLIError(f"{path}: {e}") from None
+        check_images((p for p, _ in samples), path)
     return path
 
 
-def image_folder(path, transform=None, cls=torchvision.datasets.ImageFolder):
-    """``ImageFolder(path)`` after checking the layout."""
+def image_folder(path, transform=None, cls=torchvision.datasets.ImageFolder, check=True):
+    """``ImageFolder(path)`` after checking the layout and (``check``) every image's header; images are
+    read with :func:`read_image`."""
     path = check_image_folder(path)
     try:
-        return cls(str(path), transform=transform)
+        ds = cls(str(path), transform=transform, loader=read_image)
     except FileNotFoundError as e:  # a class folder without images
         raise CLIError(f"{path}: {e}") from None
+    if check:
+        check_images((p for p, _ in ds.samples), path)
+    return ds
 
 
 def split_dir(root, split):
@@ -103,15 +210,16 @@ def split_dir(root, split):
     return os.path.join(root, split)
 
 
-def train_val_folders(root, train_transform=None, val_transform=None, train_cls=None):
+def train_val_folders(root, train_transform=None, val_transform=None, train_cls=None, check=True):
     """``ImageFolder(root/train)`` and ``ImageFolder(root/val)``, refusing different class folders.
 
     ImageFolder numbers classes by the sorted folder names of each split, so a class missing from one
     split would silently shift every label after it. ``train_cls(path, transform)`` builds the training
     set instead of ``image_folder`` (e.g. a labelled subset).
     """
-    train = (train_cls or image_folder)(split_dir(root, "train"), train_transform)
-    val = image_folder(split_dir(root, "val"), val_transform)
+    train = (train_cls(split_dir(root, "train"), train_transform) if train_cls
+             else image_folder(split_dir(root, "train"), train_transform, check=check))
+    val = image_folder(split_dir(root, "val"), val_transform, check=check)
     if list(train.classes) != list(val.classes):
         raise CLIError(f"{split_dir(root, 'train')} and {split_dir(root, 'val')} must hold the same class folders "
                        f"({len(train.classes)} vs {len(val.classes)})")

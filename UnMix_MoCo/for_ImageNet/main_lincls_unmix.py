@@ -100,8 +100,10 @@ def sanity_check(state_dict, pretrained_path, unsafe=False):
 
 def read_resume(path, model, unsafe=False):
     ckpt = load_checkpoint(path, "cpu", unsafe=unsafe)
-    if not isinstance(ckpt, dict) or not {"epoch", "state_dict", "optimizer"} <= set(ckpt):
-        raise CLIError(f"{path} is not a linear-classification checkpoint (needs epoch, state_dict, optimizer)")
+    if (not isinstance(ckpt, dict) or not {"epoch", "state_dict", "optimizer"} <= set(ckpt)
+            or not isinstance(ckpt["state_dict"], dict)):
+        raise CLIError(f"{path} is not a linear-classification checkpoint (needs epoch, a state_dict dict, "
+                       "optimizer)")
     check_compatible(model, strip_prefix(ckpt["state_dict"], "module."), f"checkpoint {path}")
     return ckpt
 
@@ -184,7 +186,7 @@ def main_worker(local_index, args, plan):
         args.data,
         T.Compose([T.RandomResizedCrop(args.crop_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize]),
         T.Compose([T.Resize(round(args.crop_size * 256 / 224)), T.CenterCrop(args.crop_size), T.ToTensor(),
-                   normalize]))
+                   normalize]), check=False)  # main() checked every image before the processes started
     batch_size, workers = per_process(args.batch_size, plan), worker_count(per_process_workers(args.workers, plan))
     sampler = DistributedSampler(train_set) if is_dist() else None
     pin = device.type == "cuda"
@@ -233,7 +235,7 @@ def main(argv=None):
         raise CLIError("--batch-size and --epochs must be >= 1, --crop-size >= 8, -j >= 0")
     plan = plan_launch(args)
     for split in ("train", "val"):
-        check_image_folder(split_dir(args.data, split))
+        check_image_folder(split_dir(args.data, split), images=True)
     if per_process(args.batch_size, plan) < 1:
         raise CLIError(f"--batch-size {args.batch_size} is smaller than the {plan.procs_per_node} processes per node")
     if args.evaluate and not (args.resume or args.pretrained):

@@ -94,8 +94,9 @@ def build_model(args):
 def read_resume(path, net, map_location="cpu", unsafe=False):
     """Loads and checks a pretraining checkpoint; returns it (CLIError if it does not fit ``net``)."""
     ckpt = load_checkpoint(path, map_location, unsafe=unsafe)
-    if not isinstance(ckpt, dict) or not {"epoch", "state_dict", "optimizer"} <= set(ckpt):
-        raise CLIError(f"{path} is not a MoCo pretraining checkpoint (needs epoch, state_dict, optimizer)")
+    if (not isinstance(ckpt, dict) or not {"epoch", "state_dict", "optimizer"} <= set(ckpt)
+            or not isinstance(ckpt["state_dict"], dict)):
+        raise CLIError(f"{path} is not a MoCo pretraining checkpoint (needs epoch, a state_dict dict, optimizer)")
     check_compatible(net, strip_prefix(ckpt["state_dict"], "module."), f"checkpoint {path}")
     return ckpt
 
@@ -171,7 +172,8 @@ def main_worker(local_index, args, plan):
     workers = worker_count(per_process_workers(args.workers, plan))
 
     # data
-    dataset = image_folder(split_dir(args.data, "train"), TwoCrops(pretrain_transform(args.aug_plus, args.crop_size)))
+    dataset = image_folder(split_dir(args.data, "train"), TwoCrops(pretrain_transform(args.aug_plus, args.crop_size)),
+                           check=False)  # main() checked every image before the processes started
     sampler = DistributedSampler(dataset) if is_dist() else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=(sampler is None), num_workers=workers,
                         pin_memory=device.type == "cuda", sampler=sampler, drop_last=True)
@@ -238,7 +240,7 @@ def main(argv=None):
     if not 0.0 <= args.unmix_prob <= 1.0 or args.beta <= 0:
         raise CLIError("--unmix_prob must be in [0, 1] and --beta > 0")
     plan = plan_launch(args)
-    check_image_folder(split_dir(args.data, "train"))
+    check_image_folder(split_dir(args.data, "train"), images=True)
     per_proc = per_process(args.batch_size, plan)
     if per_proc < 1:
         raise CLIError(f"--batch-size {args.batch_size} is smaller than the {plan.procs_per_node} processes per node")

@@ -21,9 +21,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
-from torchvision.datasets.folder import default_loader, find_classes
+from torchvision.datasets.folder import find_classes
 
 from common.cli import CLIError, HelpFormatter
+from common.data import check_images, read_image
 from common.dist import cleanup
 from common.utils import seed_everything
 
@@ -81,13 +82,14 @@ class SubsetImageFolder(Dataset):
             raise CLIError(f"{len(missing)} images of the subset list are missing (e.g. {missing[0]})")
         self.targets = [t for _, t in self.samples]
         self.transform = transform
+        check_images((p for p, _ in self.samples), root)
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         path, target = self.samples[index]
-        img = default_loader(path)
+        img = read_image(path)
         return (self.transform(img) if self.transform else img), target
 
 

@@ -342,7 +342,8 @@ def main(variant, argv=None):
     ckpt_path = dump / "checkpoint.pth.tar"
     if args.resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, map_location=device, unsafe=args.unsafe_load)
-        if not isinstance(ckpt, dict) or not {"state_dict", "optimizer", "epoch"} <= set(ckpt):
+        if (not isinstance(ckpt, dict) or not {"state_dict", "optimizer", "epoch"} <= set(ckpt)
+                or not isinstance(ckpt["state_dict"], dict)):
             raise CLIError(f"{ckpt_path} is not a SwAV pretraining checkpoint (needs 'epoch', 'state_dict' "
                            "and 'optimizer')")
         sd = strip_prefix(ckpt["state_dict"], "module.")
