@@ -30,14 +30,6 @@ def run_main(main, *args, **kwargs):
         prog = os.path.basename(sys.argv[0]) or "unmix"
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except OSError as e:
-        if e.errno not in WRITE_ERRNOS:
-            raise
-        # any other file the run writes (log.csv, curves.png, args.json, ...) on a full or read-only disk
-        prog = os.path.basename(sys.argv[0]) or "unmix"
-        print(f"{prog}: error: {cannot_write(e.filename or 'an output file', e.strerror)}", file=sys.stderr,
-              flush=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -46,6 +38,14 @@ def run_main(main, *args, **kwargs):
         # so that the interpreter's final flush does not raise again (the Python documentation's recipe).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except OSError as e:  # after BrokenPipeError, an OSError too
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        # any other file the run writes (log.csv, curves.png, args.json, ...) on a full or read-only disk
+        prog = os.path.basename(sys.argv[0]) or "unmix"
+        print(f"{prog}: error: {cannot_write(e.filename or 'an output file', e.strerror)}", file=sys.stderr,
+              flush=True)
+        sys.exit(2)
 
 
 def bool_flag(s):
