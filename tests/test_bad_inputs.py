@@ -4,26 +4,17 @@ onto another run, a SimCLR ``--resume`` of a weights-only file, a failed CIFAR d
 modes. Each gives one error line and a non-zero exit, and leaves what was there before unchanged."""
 import errno
 import hashlib
-import importlib.util
 import os
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from test_safety import script
 from fakedata import make_cifar, make_image_folder
 from common import checkpoint as C
 from common import data as D
 from common.cli import CLIError, prepare_output_dir, run_main
-
-
-def script(relpath):
-    name = "bad_" + relpath.replace("/", "_").replace("-", "_").replace(".py", "")
-    spec = importlib.util.spec_from_file_location(name, ROOT / relpath)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def snapshot(folder):
