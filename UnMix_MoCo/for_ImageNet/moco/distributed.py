@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.multiprocessing as mp
 
-from common.cli import CLIError, add_local_rank_arg
+from common.cli import WRITE_ERRNOS, CLIError, add_local_rank_arg, cannot_write
 from common.dist import init_distributed, launcher_env, slurm_tasks_per_node
 
 
@@ -126,7 +126,11 @@ def setup_worker(local_index, args, plan):
 def _spawned(local_index, worker, args, plan):
     try:
         worker(local_index, args, plan)
-    except CLIError as e:
+    except (CLIError, OSError) as e:
+        if isinstance(e, OSError):  # a full or read-only output folder (log.csv, curves.png): one line too
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            e = cannot_write(e.filename or "an output file", e.strerror)
         if local_index != 0:  # the same error usually hits every process: let process 0 say it once
             time.sleep(2.0)  # (mp.spawn terminates the others as soon as one exits)
         sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {e}\n")
