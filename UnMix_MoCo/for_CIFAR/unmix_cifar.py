@@ -383,7 +383,10 @@ def main(dataset="cifar10", argv=None):
 
     # data
     train_data, memory_data, test_data = build_datasets(args)
-    results_dir = prepare_output_dir(args.results_dir, resume=args.resume, marker=CHECKPOINT)
+    # rank 0 checks that a resumed run writes only into its own or an empty folder (the other ranks may
+    # already see the args.json rank 0 writes there)
+    results_dir = prepare_output_dir(args.results_dir, resume=args.resume if rank == 0 else bool(args.resume),
+                                     marker=CHECKPOINT)
     if len(train_data) < args.batch_size:
         raise CLIError(f"the training set has {len(train_data)} images, fewer than one batch of {args.batch_size}")
     workers = worker_count(args.workers)
