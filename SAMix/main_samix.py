@@ -38,7 +38,8 @@ from tqdm import tqdm  # noqa: E402
 
 from common import data as D  # noqa: E402
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic  # noqa: E402
-from common.cli import CLIError, HelpFormatter, prepare_output_dir, run_main, save_args  # noqa: E402
+from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
+                        save_args)
 from common.dist import all_reduce_sum, barrier, cleanup, is_dist  # noqa: E402
 from common.logs import EpochLine, plot_runs, write_csv  # noqa: E402
 from common.mix import rand_bbox  # noqa: E402
@@ -155,6 +156,7 @@ def build_parser():
                    help="seed; every process gets the same one, so all draw the same λ and permutations (as released)")
     o.add_argument("--amp", action="store_true", help="mixed precision with torch.amp (the Mixer's attention stays fp32)")
     o.add_argument("--resume", default="", metavar="PATH", help="latest.pth of a run to continue exactly")
+    add_unsafe_load_arg(o)
     o.add_argument("--output-dir", default="", metavar="DIR",
                    help="where the run is written (default: ./work_dirs/<dataset>_<arch>_<mix>, or the resumed "
                         "checkpoint's folder)")
@@ -224,8 +226,8 @@ def build_transforms(args):
 
 def build_datasets(args):
     train_t, val_t = build_transforms(args)
-    if args.dataset in ("tiny", "imagenet"):
-        return D.train_val_folders(args.data, train_t, val_t)
+    if args.dataset in ("tiny", "imagenet"):  # main() checked every image before the processes started
+        return D.train_val_folders(args.data, train_t, val_t, check=False)
     return D.cifar(args.dataset, args.data, True, train_t), D.cifar(args.dataset, args.data, False, val_t)
 
 
@@ -350,8 +352,8 @@ def evaluate(net, loader, device, args):
 # ----------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------
-def read_resume(path, net):
-    ckpt = load_checkpoint(path)
+def read_resume(path, net, unsafe=False):
+    ckpt = load_checkpoint(path, unsafe=unsafe)
     if not isinstance(ckpt, dict) or not {"state_dict", "optimizer", "epoch"} <= set(ckpt):
         raise CLIError(f"{path} is not a {CHECKPOINT} of main_samix.py (needs state_dict, optimizer, epoch)")
     check_compatible(net, ckpt["state_dict"], f"checkpoint {path}")
@@ -395,7 +397,7 @@ def main_worker(local_index, args, plan):
 
     start, rows = 0, []
     if args.resume:
-        ckpt = read_resume(args.resume, net)
+        ckpt = read_resume(args.resume, net, args.unsafe_load)
         net.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
@@ -453,7 +455,7 @@ def write_curves(rows, path, title):
 
 # options that describe how this invocation runs, not the run itself: never taken from a checkpoint
 RUNTIME_OPTIONS = {"resume", "output_dir", "workers", "world_size", "rank", "dist_url", "dist_backend", "gpu",
-                   "multiprocessing_distributed", "nproc", "local_rank"}
+                   "multiprocessing_distributed", "nproc", "local_rank", "unsafe_load"}
 
 
 def given_options(parser, argv):
@@ -468,12 +470,18 @@ def given_options(parser, argv):
             a.default = saved[a.dest]
 
 
+def first_rank(plan, args):
+    """The rank of the first process this invocation runs; ``None``: the launcher's (``$RANK``), which neither
+    ``mp.spawn`` nor a manual ``--rank`` sets."""
+    return {"spawn": plan.node_rank * plan.procs_per_node, "manual": args.rank, "single": 0}.get(plan.mode)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     ckpt = None
     if args.resume:
-        ckpt = load_checkpoint(args.resume)  # fail early, before any process starts
+        ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load)  # fail early, before any process starts
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("args"), dict) or "state_dict" not in ckpt:
             raise CLIError(f"{args.resume} is not a {CHECKPOINT} of main_samix.py")
         # the run's settings come from the checkpoint; options given again on the command line win
@@ -490,9 +498,9 @@ def main(argv=None):
     if ckpt is not None and ckpt.get("epoch", 0) >= args.epochs:
         warnings.warn(f"the checkpoint already holds {ckpt['epoch']} of {args.epochs} epochs: nothing to train")
     plan = plan_launch(args)
-    if args.dataset in ("tiny", "imagenet"):
-        D.check_image_folder(D.split_dir(args.data, "train"))
-        D.check_image_folder(D.split_dir(args.data, "val"))
+    if args.dataset in ("tiny", "imagenet"):  # every image's header, once per job, before anything is written
+        for split in ("train", "val"):
+            D.check_image_folder(D.split_dir(args.data, split), images=True, rank=first_rank(plan, args))
     args.output_dir = args.output_dir or f"./work_dirs/{args.dataset}_{args.arch}_{args.mix}"
     prepare_output_dir(args.output_dir, bool(args.resume), CHECKPOINT)
     launch(main_worker, args, plan)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_clean_error, assert_epoch_lines, kill_9_when, run_script
+from common.cli import CLIError
 from common.dist import free_port
 
 SCRIPT = ROOT / "SAMix" / "main_samix.py"
@@ -83,3 +84,36 @@ def test_two_process_gloo_run(cifar10_root, tmp_path):
 def test_bad_input_is_one_error_line(tmp_path):
     p = run_script([SCRIPT, "--dataset", "imagenet", "--data", tmp_path / "nowhere", *TINY], check=False)
     assert_clean_error(p, "does not exist")
+
+
+def test_resume_refuses_code_in_a_checkpoint_unless_unsafe_load(tmp_path, capsys):
+    from SAMix.main_samix import build_parser, main
+    from test_safety import assert_refused, evil_checkpoint
+    assert "--unsafe-load" in build_parser().format_help()
+    marker, out = tmp_path / "marker", tmp_path / "run"
+    f = evil_checkpoint(tmp_path / "latest.pth", marker)
+    assert_refused(capsys, marker, f, main, ["--resume", str(f), "--output-dir", str(out)])
+    assert not out.exists()
+    # --unsafe-load opens it with plain pickle (the payload runs), then finds no main_samix.py run in it
+    with pytest.raises(CLIError, match="is not a latest.pth of main_samix.py"):
+        main(["--resume", str(f), "--output-dir", str(out), "--unsafe-load"])
+    assert marker.exists() and not out.exists()
+
+
+def test_images_are_checked_once_per_job_before_the_processes_start(imagefolder_root, tmp_path, monkeypatch):
+    """mp.spawn sets no $RANK: the parent checks as the first process's rank, the spawned processes never."""
+    import shutil
+    import SAMix.main_samix as ms
+    root = shutil.copytree(imagefolder_root, tmp_path / "imgs")
+    bad = sorted((root / "train").rglob("*.*"))[0]
+    bad.write_bytes(b"not an image")
+    launched = []
+    monkeypatch.setattr(ms, "launch", lambda worker, args, plan: launched.append(args))
+    argv = ["--dataset", "tiny", "--data", str(root), "--image-size", "32", *map(str, TINY),
+            "--multiprocessing-distributed", "--nproc", "2"]
+    with pytest.raises(CLIError, match=f"cannot be read, e.g. {bad}"):  # node 0: ranks 0 and 1
+        ms.main(argv + ["--output-dir", str(tmp_path / "a")])
+    assert not launched and not (tmp_path / "a").exists()
+    ms.main(argv + ["--world-size", "2", "--rank", "1", "--output-dir", str(tmp_path / "b")])  # node 1: ranks 2, 3
+    assert len(launched) == 1
+    ms.build_datasets(launched[0])  # what each spawned process builds: no second check
