@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, strip_prefix  # noqa: E402
 from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
+from common.guard import NonFiniteFlag  # noqa: E402
 from common.knn import knn_predict  # noqa: E402
 from common.utils import accuracy, get_device, seed_everything, worker_count  # noqa: E402
 from UnMix_SimCLR_BYOL import data as P  # noqa: E402
@@ -74,13 +75,17 @@ def linear_probe(x_train, y_train, x_test, y_test, classes, epochs=500, batch_si
     clf = nn.Linear(x_train.size(1), classes).to(x_train.device)
     optimizer = torch.optim.Adam(clf.parameters(), lr=lr_start, weight_decay=5e-6)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(lr_end / lr_start) ** (1 / epochs))
+    nonfinite = NonFiniteFlag()  # the loss is never read: a device-side flag, checked once at the end
     with torch.enable_grad():
         for _ in range(epochs):
             for idx in torch.randperm(len(x_train)).split(batch_size):
                 optimizer.zero_grad()
-                F.cross_entropy(clf(x_train[idx]), y_train[idx]).backward()
+                loss = F.cross_entropy(clf(x_train[idx]), y_train[idx])
+                nonfinite.update(loss)
+                loss.backward()
                 optimizer.step()
             scheduler.step()
+    nonfinite.check("the linear probe (non-finite features?)", hint="check the evaluated encoder")
     with torch.no_grad():
         top1, top5 = accuracy(clf(x_test), y_test, topk=(1, 5))
     return top1.item(), top5.item()

@@ -28,6 +28,7 @@ from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint,
                                set_rng_state)
 from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
+from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
 from common.mix import unmix_batch  # noqa: E402
 from common.utils import amp_dtype, get_device, seed_everything, worker_count  # noqa: E402
@@ -150,7 +151,7 @@ def train_epoch(model, loader, optimizer, scaler, epoch, step, args, device):
     progress = epoch / args.epochs  # htdt: ep / cfg.epoch, constant within an epoch
     losses, bases, lr, tau = [], [], args.lr, None
     bar = tqdm(loader, dynamic_ncols=True, desc=f"epoch {epoch + 1}/{args.epochs}")
-    for (x0, x1), _ in bar:
+    for i, ((x0, x1), _) in enumerate(bar):
         lr = learning_rate(step, epoch, len(loader), args)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -165,7 +166,8 @@ def train_epoch(model, loader, optimizer, scaler, epoch, step, args, device):
         scaler.update()
         tau = model.step(progress)  # BYOL's target EMA after every optimizer step
         step += 1
-        losses.append(loss.item())
+        losses.append(loss.item())  # read every step for the progress bar anyway: the NaN guard costs no sync
+        check_loss(losses[-1], epoch + 1, i)
         bases.append(base.item())
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", lr=f"{lr:.2e}")
     return float(np.mean(losses)), float(np.mean(bases)), lr, tau, step
@@ -280,9 +282,11 @@ def main(argv=None):
             row.update(res)
             print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()))
         log_rows.append(row)
-        save_atomic({"epoch": epoch + 1, "step": step, "state_dict": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": get_rng_state(),
-                     "log": log_rows, "args": vars(args)}, results_dir / CHECKPOINT)
+        ckpt = {"epoch": epoch + 1, "step": step, "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": get_rng_state(),
+                "log": log_rows, "args": vars(args)}
+        check_finite_state(ckpt, epoch + 1, results_dir / CHECKPOINT)
+        save_atomic(ckpt, results_dir / CHECKPOINT)
         if args.save_every and (epoch + 1) % args.save_every == 0:  # htdt's file name and content
             save_atomic(model.state_dict(), results_dir / f"{HTDT_NAME[args.method]}_{args.dataset}_{epoch}.pt")
         df = write_csv(log_rows, results_dir / "log.csv")

@@ -31,6 +31,7 @@ from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint,
 from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, save_args  # noqa: E402
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.dist import barrier, cleanup, concat_all_gather, get_rank, init_distributed, launcher_env  # noqa: E402
+from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.knn import knn_accuracy  # noqa: E402
 from common.logs import EpochLine, plot_curves, warn_zero_lr_epochs, write_csv  # noqa: E402
 from common.mix import unmix_batch, unmix_loss  # noqa: E402
@@ -314,7 +315,7 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device):
         group["lr"] = lr
     total_loss, total_num = 0.0, 0
     bar = tqdm(loader, dynamic_ncols=True, disable=get_rank() != 0)
-    for (im_1, im_2), _ in bar:
+    for step, ((im_1, im_2), _) in enumerate(bar):
         im_1, im_2 = im_1.to(device, non_blocking=True), im_2.to(device, non_blocking=True)
         mixed, lam = unmix_batch(im_1, args.prob, args.beta) if args.unmix else (None, None)
         with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
@@ -323,8 +324,10 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        value = loss.item()  # read every step for the progress bar anyway: the NaN guard costs no extra sync
+        check_loss(value, epoch, step)
         total_num += im_1.size(0)
-        total_loss += loss.item() * im_1.size(0)
+        total_loss += value * im_1.size(0)
         bar.set_description(f"Train Epoch: [{epoch}/{args.epochs}], lr: {lr:.6f}, Loss: {total_loss / total_num:.4f}")
     return total_loss / total_num
 
@@ -447,9 +450,10 @@ def main(dataset="cifar10", argv=None):
                                     desc=f"Test Epoch: [{epoch}/{args.epochs}]")
             print(f"Test Epoch: [{epoch}/{args.epochs}] Acc@1:{test_acc:.2f}%")
         log_rows.append({"epoch": epoch, "train_loss": train_loss, "test_acc@1": test_acc})
-        save_atomic({"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": get_rng_state(), "log": log_rows,
-                     "args": vars(args)}, results_dir / CHECKPOINT)
+        ckpt = {"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "rng": get_rng_state(), "log": log_rows, "args": vars(args)}
+        check_finite_state(ckpt, epoch, results_dir / CHECKPOINT)
+        save_atomic(ckpt, results_dir / CHECKPOINT)
         write_csv(log_rows, results_dir / "log.csv")
         plot_curves(results_dir / "log.csv", results_dir / "curves.png", title=str(results_dir))
         print(epoch_line(epoch, train_loss, optimizer.param_groups[0]["lr"], test_acc), flush=True)

@@ -35,6 +35,7 @@ from common.checkpoint import check_compatible, load_checkpoint, save_atomic, st
 from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
 from common.dist import barrier, cleanup, is_dist  # noqa: E402
+from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
 from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
@@ -132,6 +133,8 @@ def run_epoch(loader, model, criterion, device, optimizer=None, epoch=0, print_f
             acc1, acc5 = accuracy(output, target, topk=(1, 5))
             for k, v in (("loss", loss.item()), ("acc1", acc1.item()), ("acc5", acc5.item())):
                 meters[k].update(v, images.size(0))
+            if optimizer is not None:  # the NaN guard reads the value the meters read anyway
+                check_loss(meters["loss"].val, epoch, i)
             if optimizer is not None:
                 optimizer.zero_grad()
                 loss.backward()
@@ -215,9 +218,10 @@ def main_worker(local_index, args, plan):
             rows.append({"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train.items()},
                          **{f"val_{k}": v for k, v in val.items()}})
             state = module_state_dict(net)
-            save_atomic({"epoch": epoch + 1, "arch": args.arch, "state_dict": state, "best_acc1": best_acc1,
-                         "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows},
-                        out / CKPT_NAME)
+            ckpt = {"epoch": epoch + 1, "arch": args.arch, "state_dict": state, "best_acc1": best_acc1,
+                    "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows}
+            check_finite_state(ckpt, epoch, out / CKPT_NAME)
+            save_atomic(ckpt, out / CKPT_NAME)
             if is_best:
                 shutil.copyfile(out / CKPT_NAME, out / BEST_NAME)
             write_csv(rows, out / LOG_NAME)

@@ -35,6 +35,7 @@ from common.checkpoint import check_compatible, load_checkpoint, save_atomic, st
 from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main, save_args  # noqa: E402
 from common.data import TwoCrops, check_image_folder, image_folder, split_dir  # noqa: E402
 from common.dist import barrier, cleanup, is_dist  # noqa: E402
+from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_curves, write_csv  # noqa: E402
 from common.mix import unmix_batch, unmix_loss  # noqa: E402
 from common.utils import AverageMeter, accuracy, amp_dtype, worker_count  # noqa: E402
@@ -136,7 +137,8 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, device, lo
             loss, parts, output, target = unmix_step(model, im_q, im_k, criterion, args)
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
         n = im_q.size(0)
-        meters["loss"].update(loss.item(), n)
+        meters["loss"].update(loss.item(), n)  # read every step anyway: the NaN guard costs no extra sync
+        check_loss(meters["loss"].val, epoch, i)
         for k, v in parts.items():
             if k in meters:
                 meters[k].update(v, n)
@@ -218,9 +220,11 @@ def main_worker(local_index, args, plan):
         if is_main:  # one process saves (upstream: the first process of every node)
             rows.append({"epoch": epoch + 1, "lr": lr, **stats})
             path = out / f"checkpoint_{epoch:04d}.pth.tar"
-            save_atomic({"epoch": epoch + 1, "arch": args.arch, "state_dict": module_state_dict(net),
-                         "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows,
-                         **({"scaler": scaler.state_dict()} if scaler is not None else {})}, path)
+            ckpt = {"epoch": epoch + 1, "arch": args.arch, "state_dict": module_state_dict(net),
+                    "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows,
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {})}
+            check_finite_state(ckpt, epoch, path)
+            save_atomic(ckpt, path)
             write_csv(rows, out / LOG_NAME)
             plot_curves(out / LOG_NAME, out / "curves.png")
             if args.keep_last > 0:

@@ -34,6 +34,7 @@ from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_
                         prepare_output_dir)
 from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
 from common.dist import barrier, cleanup, init_distributed, launcher_env
+from common.guard import check_finite_state, check_loss
 from common.logs import EpochLine, write_csv
 from common.utils import AverageMeter, accuracy, seed_everything, worker_count
 
@@ -287,7 +288,8 @@ def train_one_epoch(model, head, optimizer, loader_, epoch, device, logger, rank
         loss.backward()
         optimizer.step()
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
-        losses.update(loss.item(), inp.size(0))
+        losses.update(loss.item(), inp.size(0))  # read every step anyway: the NaN guard costs no extra sync
+        check_loss(losses.val, epoch, it, hint="lower --lr")
         top1.update(acc1.item(), inp.size(0))
         top5.update(acc5.item(), inp.size(0))
         batch_time.update(time.perf_counter() - end)
@@ -380,14 +382,15 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
         # every process's RNG state and stats rows, for an exact resume (as pretraining)
         rng_states, rows = zip(*gather_objects((get_rng_state(), stats.rows), world))
         if rank == 0:
-            save_atomic({"epoch": epoch + 1,
-                         "state_dict": with_module_prefix(trained.state_dict()),
-                         "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(),
-                         "best_acc": best[0] if head is not None else best,
-                         # extras (not upstream): exact resume and history
-                         "stats": list(rows), "rng_states": list(rng_states)},
-                        os.path.join(args.dump_path, CHECKPOINT))
+            ckpt = {"epoch": epoch + 1,
+                    "state_dict": with_module_prefix(trained.state_dict()),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_acc": best[0] if head is not None else best,
+                    # extras (not upstream): exact resume and history
+                    "stats": list(rows), "rng_states": list(rng_states)}
+            check_finite_state(ckpt, epoch, os.path.join(args.dump_path, CHECKPOINT), hint="lower --lr")
+            save_atomic(ckpt, os.path.join(args.dump_path, CHECKPOINT))
             write_csv([dict(zip(stats.columns, r)) for r in stats.rows], os.path.join(args.dump_path, "stats.csv"))
             logger.info(epoch_line(epoch + 1, scores[1], lr, scores_val[1]))
     return best

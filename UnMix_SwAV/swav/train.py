@@ -34,6 +34,7 @@ from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_
 from common.data import cifar, image_folder
 from common.device_aug import DeviceLoader, add_aug_arg
 from common.dist import barrier, init_distributed, launcher_env
+from common.guard import check_finite_state, check_loss
 from common.larc import LARC
 from common.logs import EpochLine
 from common.mix import draw_mix_params
@@ -422,6 +423,7 @@ def main(variant, argv=None):
                          "rng_states": list(rng), "stats": list(rows)}
             if use_amp:
                 save_dict["amp"] = scaler.state_dict()
+            check_finite_state(save_dict, epoch, ckpt_path)
             save_atomic(save_dict, ckpt_path)
             if epoch % args.checkpoint_freq == 0 or epoch == args.epochs - 1:
                 save_atomic(save_dict, ckpt_dir / f"ckp-{epoch}.pth")
@@ -486,7 +488,10 @@ def train_one_epoch(loader, model, raw_model, optimizer, scaler, epoch, schedule
         scaler.step(optimizer)
         scaler.update()
 
-        losses.update(loss.item(), bs)
+        losses.update(loss.item(), bs)  # read every step anyway: the NaN guard costs no extra sync
+        # (with --use_fp16 the GradScaler's skipped steps are not errors: this is the unscaled loss)
+        check_loss(losses.val, epoch, it, hint="lower --base_lr, raise --temperature or --epsilon, or try "
+                                               "--use_fp16 false")
         batch_time.update(time.time() - end)
         end = time.time()
         if args.rank == 0 and it % 50 == 0:
