@@ -26,11 +26,13 @@ from tqdm import tqdm  # noqa: E402
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
-from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main, save_args  # noqa: E402
+from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, adopt_recorded_args,  # noqa: E402
+                        prepare_output_dir, run_main, save_args)
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
 from common.mix import unmix_batch  # noqa: E402
+from common.runstate import kill_point, remove_partial_files  # noqa: E402
 from common.utils import amp_dtype, get_device, seed_everything, worker_count  # noqa: E402
 from UnMix_SimCLR_BYOL import data as P  # noqa: E402
 from UnMix_SimCLR_BYOL.eval import add_eval_args, eval_loaders, evaluate  # noqa: E402
@@ -179,42 +181,31 @@ def default_results_dir(args):
 
 # Per-session settings; every other argument of a resumed run (the data root included) comes from its
 # checkpoint unless given again.
-SESSION_ARGS = {"resume", "results_dir", "workers", "stop_after", "unsafe_load"}
+SESSION_ARGS = {"resume", "results_dir", "stop_after", "unsafe_load"}
 
 
-def explicit_args(argv):
-    """The ``dest`` of every option written on the command line (parsed again with all defaults unset)."""
-    parser, unset = build_parser(), object()
-    parser.set_defaults(**{a.dest: unset for a in parser._actions if a.dest != "help"})
-    return {k for k, v in vars(parser.parse_args(argv)).items() if v is not unset}
+def snapshot_path(results_dir, args, epoch):
+    """htdt's per-epoch snapshot file (0-based ``epoch``)."""
+    return results_dir / f"{HTDT_NAME[args.method]}_{args.dataset}_{epoch}.pt"
 
 
-def adopt_checkpoint_args(args, ckpt, argv):
-    """``--resume PATH`` alone continues the run with its own settings; options given again win (printed)."""
-    saved = ckpt.get("args") if isinstance(ckpt, dict) else None
-    if not isinstance(saved, dict):
-        return
-    given = explicit_args(argv)
-    for k, v in saved.items():
-        if k in SESSION_ARGS or not hasattr(args, k):
-            continue
-        if k not in given:
-            setattr(args, k, v)
-        elif getattr(args, k) != v:
-            print(f"=> --{k.replace('_', '-')} {getattr(args, k)} overrides the checkpoint's {v}")
+def write_log(rows, results_dir):
+    """``log.csv`` and ``curves.png``: derived from the checkpoint's ``log`` rows (rewritten on every start)."""
+    df = write_csv(rows, results_dir / "log.csv")
+    plot_runs([(results_dir.name, df.reset_index())], results_dir / "curves.png", title=str(results_dir))
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load) if args.resume else None  # fail early on a bad file
     if ckpt is not None and not (isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict)):
         # without them the run would silently take the defaults (and look for CIFAR in ./data)
         raise CLIError(f"{args.resume} holds no recorded settings ('args'): only a model_last.pth written by "
                        "this script can be resumed (htdt's {method}_{dataset}_{ep}.pt files hold weights only: "
                        "evaluate them with eval.py)")
-    if ckpt is not None:
-        adopt_checkpoint_args(args, ckpt, argv)
+    if ckpt is not None:  # --resume PATH alone continues the run with its own settings
+        adopt_recorded_args(args, ckpt["args"], parser, argv, SESSION_ARGS)
     check_args(args)
     if args.resume and not args.results_dir:
         args.results_dir = os.path.dirname(os.path.abspath(args.resume))
@@ -231,6 +222,7 @@ def main(argv=None):
         raise CLIError(f"the training set has {len(train_data)} images, fewer than one batch of {args.batch_size}")
     clf_loader, test_loader = eval_loaders(args.dataset, args.data, args.crop_size, 1000, args.workers, device)
     results_dir = prepare_output_dir(args.results_dir, resume=args.resume, marker=CHECKPOINT)
+    remove_partial_files(results_dir)  # what a kill during an atomic write left
     # htdt: shuffle, drop_last (97 iterations per CIFAR epoch at batch 512)
     if args.aug == "device":
         train_loader = DeviceLoader(train_data, train_data.transform, args.batch_size, device)
@@ -266,6 +258,11 @@ def main(argv=None):
         else:
             warnings.warn("checkpoint has no RNG state: training continues, but not bit-for-bit")
         print(f"=> resumed from {args.resume} (epoch {start_epoch})")
+        # the files written after the checkpoint, lost or stale after a kill: re-derived, even with nothing to train
+        if log_rows:
+            write_log(log_rows, results_dir)
+        if args.save_every and start_epoch % args.save_every == 0:  # the snapshot of the checkpoint's epoch
+            save_atomic(state, snapshot_path(results_dir, args, start_epoch - 1))
     save_args(args, results_dir / "args.json")
 
     # loop
@@ -287,10 +284,10 @@ def main(argv=None):
                 "log": log_rows, "args": vars(args)}
         check_finite_state(ckpt, epoch + 1, results_dir / CHECKPOINT)
         save_atomic(ckpt, results_dir / CHECKPOINT)
+        kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
         if args.save_every and (epoch + 1) % args.save_every == 0:  # htdt's file name and content
-            save_atomic(model.state_dict(), results_dir / f"{HTDT_NAME[args.method]}_{args.dataset}_{epoch}.pt")
-        df = write_csv(log_rows, results_dir / "log.csv")
-        plot_runs([(results_dir.name, df.reset_index())], results_dir / "curves.png", title=str(results_dir))
+            save_atomic(model.state_dict(), snapshot_path(results_dir, args, epoch))
+        write_log(log_rows, results_dir)
         print(epoch_line(epoch + 1, loss, lr, row.get("linear_acc@1")), flush=True)
     return results_dir
 

@@ -116,3 +116,40 @@ def add_local_rank_arg(parser):
     parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
                         default=int(os.environ.get("LOCAL_RANK", 0)),
                         help="set by torch.distributed.launch; torchrun uses $LOCAL_RANK")
+
+
+def explicit_options(parser, argv=None):
+    """The ``dest`` of every option written on the command line ``argv`` (default ``sys.argv[1:]``).
+
+    ``argv`` is parsed again into a namespace that already holds a sentinel for every destination: argparse
+    fills in a default only where the namespace lacks the attribute, so what is not the sentinel afterwards
+    was given explicitly (also when it equals the default)."""
+    unset = object()
+    ns = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_args(sys.argv[1:] if argv is None else [str(a) for a in argv], namespace=ns)
+    return {k for k, v in vars(ns).items() if v is not unset}
+
+
+def adopt_recorded_args(args, recorded, parser, argv=None, session=(), source="the checkpoint"):
+    """Resume with a run's recorded settings: every option in ``recorded`` (the ``vars(args)`` saved with the
+    run) that was not written on the command line is taken from it; options given again override it.
+    ``session`` names per-session options (output folder, workers, launcher settings) never taken from it.
+
+    Prints one line naming what the command line overrode; returns ``{dest: (given, recorded)}``. Without a
+    recorded dict (e.g. an upstream checkpoint) nothing is adopted and ``None`` is returned."""
+    if not isinstance(recorded, dict):
+        return None
+    given = explicit_options(parser, argv)
+    names = {a.dest: next((o for o in a.option_strings if o.startswith("--")), a.dest) for a in parser._actions}
+    overridden = {}
+    for k, v in recorded.items():
+        if k in session or k not in names or not hasattr(args, k):
+            continue
+        if k not in given:
+            setattr(args, k, v)
+        elif getattr(args, k) != v:
+            overridden[k] = (getattr(args, k), v)
+    what = ", ".join(f"{names[k]} {g} (recorded: {r})" for k, (g, r) in overridden.items())
+    print(f"=> resuming with the settings recorded in {source}; "
+          + (f"overridden on the command line: {what}" if what else "none overridden"), flush=True)
+    return overridden

@@ -75,9 +75,11 @@ def test_moco_cifar_exits_with_one_line_and_keeps_its_checkpoint(cifar16, tmp_pa
     out = tmp_path / "run"
     run_script([MOCO_C10, "--data", cifar16, "--results-dir", out, "--epochs", "1", *MOCO_TINY])
     before = {f: digest(out / f) for f in ("model_last.pth", "log.csv")}
-    # resume with an absurd lr (epochs 4: the cosine schedule of epoch 2 is not 0)
-    p = run_script([MOCO_C10, "--data", cifar16, "--resume", out / "model_last.pth", "--epochs", "4",
-                    "--lr", "1e30", *MOCO_TINY], check=False)
+    # resume with an absurd lr (epochs 4: the cosine schedule of epoch 2 is not 0); every other setting comes
+    # from the checkpoint (the defaults, batch 512 and 4096 keys, would be refused on 16 images)
+    p = run_script([MOCO_C10, "--resume", out / "model_last.pth", "--epochs", "4", "--lr", "1e30", "--workers", "0"],
+                   check=False)
+    assert "overridden on the command line: --epochs 4 (recorded: 1), --lr 1e+30 (recorded: 0.06)" in p.stdout
     assert_clean_error(p, "non-finite loss", "epoch 2, step", "lower the learning rate")
     assert p.returncode == 2 and len([ln for ln in p.stderr.splitlines() if "error:" in ln]) == 1
     assert {f: digest(out / f) for f in before} == before
@@ -94,7 +96,7 @@ def test_simclr_stops_and_keeps_its_checkpoint(cifar16, tmp_path):
         saved = lambda: {f.name: digest(f) for f in out.iterdir() if f.suffix == ".pth" or f.suffix == ".pt"}  # noqa
         before = saved()
         with pytest.raises(NonFiniteError, match="non-finite loss .* at epoch 2"):
-            main_unmix.main(common + ["--epochs", "3", "--lr", "1e30", "--resume", str(out / "model_last.pth")])
+            main_unmix.main(["--epochs", "3", "--lr", "1e30", "--resume", str(out / "model_last.pth")])
         assert saved() == before and len(before) == 2  # model_last.pth and the epoch-0 snapshot; no new one
 
 
@@ -108,8 +110,8 @@ def test_moco_imagenet_pretraining_and_linear_classification(imagefolder_root, t
     ck = out / "checkpoint_0000.pth.tar"
     before = digest(ck)
     with pytest.raises(NonFiniteError, match="non-finite"):
-        pretrain.main(tiny + ["--moco-k", "16", "--moco-dim", "8", "--epochs", "3", "--lr", "1e30",
-                              "--output-dir", str(out), "--resume", str(ck)])
+        pretrain.main([str(imagefolder_root), "--epochs", "3", "--lr", "1e30", "-j", "0", "--output-dir", str(out),
+                       "--resume", str(ck)])
     assert digest(ck) == before and sorted(p.name for p in out.glob("checkpoint_*")) == [ck.name]
 
     # a linear head needs a larger lr to overflow (1e30 leaves its logits large but finite)
@@ -117,8 +119,8 @@ def test_moco_imagenet_pretraining_and_linear_classification(imagefolder_root, t
     lincls.main(tiny + ["--epochs", "1", "--lr", "0.1", "--output-dir", str(lin)])
     before = digest(lin / "checkpoint.pth.tar")
     with pytest.raises(NonFiniteError, match="non-finite"):
-        lincls.main(tiny + ["--epochs", "3", "--lr", "1e38", "--schedule", "--output-dir", str(lin),
-                            "--resume", str(lin / "checkpoint.pth.tar")])
+        lincls.main([str(imagefolder_root), "--epochs", "3", "--lr", "1e38", "--schedule", "--output-dir", str(lin),
+                     "-j", "0", "--resume", str(lin / "checkpoint.pth.tar")])
     assert digest(lin / "checkpoint.pth.tar") == before
 
 
@@ -131,8 +133,8 @@ def test_swav_pretraining_and_linear_evaluation(cifar16, tmp_path):
     train.main("cifar", tiny + ["--epochs", "1", "--dump_path", str(dump)])
     before = {f.name: digest(f) for f in [dump / "checkpoint.pth.tar", *(dump / "checkpoints").iterdir()]}
     with pytest.raises(NonFiniteError, match="non-finite"):
-        train.main("cifar", tiny + ["--epochs", "3", "--base_lr", "1e30", "--final_lr", "1e30", "--resume",
-                                    "--dump_path", str(dump)])
+        train.main("cifar", ["--epochs", "3", "--base_lr", "1e30", "--final_lr", "1e30", "--resume",
+                             "--dump_path", str(dump), "--workers", "0"])
     assert {f.name: digest(f) for f in [dump / "checkpoint.pth.tar", *(dump / "checkpoints").iterdir()]} == before
 
     # linear evaluation (its resumed lr comes from the saved scheduler, so a fresh run): no checkpoint at all

@@ -28,17 +28,21 @@ from tqdm import tqdm  # noqa: E402
 from common import data as D  # noqa: E402
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
-from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, save_args  # noqa: E402
+from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, adopt_recorded_args,  # noqa: E402
+                        prepare_output_dir, save_args)
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.dist import barrier, cleanup, concat_all_gather, get_rank, init_distributed, launcher_env  # noqa: E402
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.knn import knn_accuracy  # noqa: E402
 from common.logs import EpochLine, plot_curves, warn_zero_lr_epochs, write_csv  # noqa: E402
 from common.mix import unmix_batch, unmix_loss  # noqa: E402
+from common.runstate import kill_point, remove_partial_files  # noqa: E402
 from common.moco import contrastive_logits, dequeue_and_enqueue, freeze_copy, momentum_update, new_queue  # noqa: E402
 from common.utils import amp_dtype, seed_everything, worker_count  # noqa: E402
 
 CHECKPOINT = "model_last.pth"
+# per-session options; every other option of a resumed run comes from its checkpoint unless given again
+SESSION_ARGS = {"resume", "results_dir", "unsafe_load"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -76,7 +80,8 @@ def build_parser(dataset="cifar10"):
     p.add_argument("--knn-k", default=200, type=int, help="k in kNN monitor")
     p.add_argument("--knn-t", default=0.1, type=float, help="softmax temperature in kNN monitor")
     p.add_argument("--resume", default="", type=str, metavar="PATH",
-                   help="path to a model_last.pth to continue from (exactly, for our checkpoints)")
+                   help="path to a model_last.pth to continue from, exactly, with the settings it was trained "
+                        "with (options given again override them)")
     add_unsafe_load_arg(p)
     p.add_argument("--results-dir", default="", type=str, metavar="DIR",
                    help=f"output folder; default ./UnMix_{{symmetric|asymmetric}}_{dir_tag} (MoCo_... with "
@@ -364,14 +369,23 @@ def default_results_dir(args):
     return f"./{method}_{'symmetric' if args.symmetric else 'asymmetric'}_{tag}"
 
 
+def write_log(rows, results_dir):
+    """``log.csv`` and ``curves.png``: derived from the checkpoint's ``log`` rows (rewritten on every start)."""
+    write_csv(rows, results_dir / "log.csv")
+    plot_curves(results_dir / "log.csv", results_dir / "curves.png", title=str(results_dir))
+
+
 def main(dataset="cifar10", argv=None):
-    args = build_parser(dataset).parse_args(argv)
+    parser = build_parser(dataset)
+    args = parser.parse_args(argv)
+    ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load) if args.resume else None  # fail early on a bad file
+    if ckpt is not None:  # --resume PATH alone continues the run with its own settings
+        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS)
     check_args(args)
     warn_zero_lr_epochs([learning_rate(e, args) for e in range(1, args.epochs + 1)])
     if args.resume and not args.results_dir:
         args.results_dir = os.path.dirname(os.path.abspath(args.resume))
     args.results_dir = args.results_dir or default_results_dir(args)
-    ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load) if args.resume else None  # fail early on a bad file
     # DDP when started by torchrun / torch.distributed.launch / srun (upstream: one GPU only); --batch-size is global
     rank, world, local_rank = launcher_env() or (0, 1, 0)
     batch_size = args.batch_size // world
@@ -390,6 +404,8 @@ def main(dataset="cifar10", argv=None):
     # already see the args.json rank 0 writes there)
     results_dir = prepare_output_dir(args.results_dir, resume=args.resume if rank == 0 else bool(args.resume),
                                      marker=CHECKPOINT)
+    if rank == 0:  # the only process that writes: what a kill during an atomic write left
+        remove_partial_files(results_dir)
     if len(train_data) < args.batch_size:
         raise CLIError(f"the training set has {len(train_data)} images, fewer than one batch of {args.batch_size}")
     workers = worker_count(args.workers)
@@ -434,6 +450,8 @@ def main(dataset="cifar10", argv=None):
         print(f"=> resumed from {args.resume} (epoch {ckpt['epoch']})")
     if rank == 0:
         save_args(args, results_dir / "args.json")
+        if log_rows:  # lost or stale after a kill between the checkpoint and the log: re-derived,
+            write_log(log_rows, results_dir)  # even with nothing left to train
 
     # loop
     epoch_line = EpochLine(args.epochs, monitor="kNN top-1")
@@ -454,8 +472,8 @@ def main(dataset="cifar10", argv=None):
                 "scaler": scaler.state_dict(), "rng": get_rng_state(), "log": log_rows, "args": vars(args)}
         check_finite_state(ckpt, epoch, results_dir / CHECKPOINT)
         save_atomic(ckpt, results_dir / CHECKPOINT)
-        write_csv(log_rows, results_dir / "log.csv")
-        plot_curves(results_dir / "log.csv", results_dir / "curves.png", title=str(results_dir))
+        kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
+        write_log(log_rows, results_dir)
         print(epoch_line(epoch, train_loss, optimizer.param_groups[0]["lr"], test_acc), flush=True)
         if args.mix == "samix" and (epoch % args.mask_every == 0 or epoch == args.epochs):
             model.save_mask_figure(results_dir / "masks.png", title=f"SAMix Mixer, epoch {epoch}")

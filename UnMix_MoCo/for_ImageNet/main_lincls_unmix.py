@@ -15,7 +15,6 @@ multicast address), the sanity check only runs when ``--pretrained`` is given, a
 """
 import argparse
 import random
-import shutil
 import sys
 import time
 import warnings
@@ -32,11 +31,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main, save_args  # noqa: E402
+from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
+                        save_args)
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
 from common.dist import barrier, cleanup, is_dist  # noqa: E402
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
+from common.runstate import copy_atomic, kill_point, remove_partial_files  # noqa: E402
 from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
                                                       per_process_workers, plan_launch, setup_worker)
@@ -46,6 +47,12 @@ from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_
 
 CKPT_NAME, BEST_NAME, LOG_NAME = "checkpoint.pth.tar", "model_best.pth.tar", "log.csv"
 PREFIX = "module.encoder_q."
+
+
+# per-session options (output, launcher, logging); every other option of a resumed run comes from its checkpoint
+# unless given again (the data folder is a required argument, so always given)
+SESSION_ARGS = {"resume", "unsafe_load", "output_dir", "print_freq", "start_epoch", "world_size", "rank", "dist_url",
+                "dist_backend", "gpu", "multiprocessing_distributed", "nproc", "local_rank", "evaluate"}
 
 
 def get_parser():
@@ -202,8 +209,14 @@ def main_worker(local_index, args, plan):
         run_epoch(val_loader, model, criterion, device, print_freq=args.print_freq, log=log)
         return
     out = Path(args.output_dir)
-    if is_main:
+    if is_main:  # the only process that writes: clean up after a kill, re-derive what follows the checkpoint
+        remove_partial_files(out)
         save_args(args, out / "args.json")
+        if rows:
+            write_csv(rows, out / LOG_NAME)
+            accs = [r["val_acc1"] for r in rows]
+            if accs[-1] > max([0.0] + accs[:-1]):  # its last epoch was a new best: model_best.pth.tar is a copy
+                copy_atomic(args.resume, out / BEST_NAME)
     epoch_line = EpochLine(args.epochs, monitor="linear-probe top-1")
     for epoch in range(args.start_epoch, args.epochs):
         if sampler is not None:
@@ -219,11 +232,13 @@ def main_worker(local_index, args, plan):
                          **{f"val_{k}": v for k, v in val.items()}})
             state = module_state_dict(net)
             ckpt = {"epoch": epoch + 1, "arch": args.arch, "state_dict": state, "best_acc1": best_acc1,
-                    "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows}
+                    "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows,
+                    "args": vars(args)}
             check_finite_state(ckpt, epoch, out / CKPT_NAME)
             save_atomic(ckpt, out / CKPT_NAME)
+            kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
             if is_best:
-                shutil.copyfile(out / CKPT_NAME, out / BEST_NAME)
+                copy_atomic(out / CKPT_NAME, out / BEST_NAME)
             write_csv(rows, out / LOG_NAME)
             if epoch == args.start_epoch and args.pretrained:  # guarded: upstream crashed without --pretrained
                 sanity_check(state, args.pretrained, args.unsafe_load)
@@ -234,7 +249,12 @@ def main_worker(local_index, args, plan):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.resume:  # --resume PATH continues the run with its own settings (checked again below)
+        ckpt = load_checkpoint(args.resume)
+        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS)
+        del ckpt
     if args.batch_size < 1 or args.epochs < 1 or args.crop_size < 8 or args.workers < 0:
         raise CLIError("--batch-size and --epochs must be >= 1, --crop-size >= 8, -j >= 0")
     plan = plan_launch(args)

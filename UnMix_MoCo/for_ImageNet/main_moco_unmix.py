@@ -32,12 +32,14 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main, save_args  # noqa: E402
+from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
+                        save_args)
 from common.data import TwoCrops, check_image_folder, image_folder, split_dir  # noqa: E402
 from common.dist import barrier, cleanup, is_dist  # noqa: E402
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_curves, write_csv  # noqa: E402
 from common.mix import unmix_batch, unmix_loss  # noqa: E402
+from common.runstate import kill_point, remove_partial_files  # noqa: E402
 from common.utils import AverageMeter, accuracy, amp_dtype, worker_count  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.builder import MoCo  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
@@ -50,12 +52,20 @@ from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_
 LOG_NAME = "log.csv"
 
 
+# per-session options (output, launcher, logging); every other option of a resumed run comes from its checkpoint
+# unless given again (the data folder is a required argument, so always given)
+SESSION_ARGS = {"resume", "unsafe_load", "output_dir", "print_freq", "start_epoch", "world_size", "rank", "dist_url",
+                "dist_backend", "gpu", "multiprocessing_distributed", "nproc", "local_rank"}
+
+
 def get_parser():
     p = argparse.ArgumentParser(description="MoCo v1/v2 + Un-Mix pretraining (ImageNet)",
                                 formatter_class=HelpFormatter)
     add_training_args(p, "dataset root holding train/<class>/<image>", epochs=200, lr=0.03,
                       schedule=[120, 160], weight_decay=1e-4)
-    p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint_XXXX.pth.tar to continue")
+    p.add_argument("--resume", default="", type=str, metavar="PATH",
+                   help="checkpoint_XXXX.pth.tar to continue, with the settings recorded in it (options given again "
+                        "override them)")
     add_unsafe_load_arg(p)
     p.add_argument("--seed", default=None, type=int,
                    help="seeds python/torch (as upstream) and also NumPy with seed+rank (upstream left the "
@@ -161,6 +171,12 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, device, lo
     return {k: m.avg for k, m in meters.items() if m.count and k not in ("time", "data")}
 
 
+def write_log(rows, out):
+    """``log.csv`` and ``curves.png``: derived from the checkpoint's ``log`` rows (rewritten on every start)."""
+    write_csv(rows, out / LOG_NAME)
+    plot_curves(out / LOG_NAME, out / "curves.png")
+
+
 def main_worker(local_index, args, plan):
     device, rank, world = setup_worker(local_index, args, plan)
     is_main = rank == 0
@@ -208,8 +224,11 @@ def main_worker(local_index, args, plan):
     torch.backends.cudnn.benchmark = True
 
     out = Path(args.output_dir)
-    if is_main:
+    if is_main:  # the only process that writes: clean up after a kill, re-derive what follows the checkpoint
+        remove_partial_files(out)
         save_args(args, out / "args.json")
+        if rows:
+            write_log(rows, out)
     epoch_line = EpochLine(args.epochs, monitor="pretext top-1")
     for epoch in range(args.start_epoch, args.epochs):
         if sampler is not None:
@@ -222,11 +241,12 @@ def main_worker(local_index, args, plan):
             path = out / f"checkpoint_{epoch:04d}.pth.tar"
             ckpt = {"epoch": epoch + 1, "arch": args.arch, "state_dict": module_state_dict(net),
                     "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows,
-                    **({"scaler": scaler.state_dict()} if scaler is not None else {})}
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+                    "args": vars(args)}
             check_finite_state(ckpt, epoch, path)
             save_atomic(ckpt, path)
-            write_csv(rows, out / LOG_NAME)
-            plot_curves(out / LOG_NAME, out / "curves.png")
+            kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
+            write_log(rows, out)
             if args.keep_last > 0:
                 for old in sorted(glob.glob(str(out / "checkpoint_[0-9]*.pth.tar")))[:-args.keep_last]:
                     os.remove(old)
@@ -237,7 +257,12 @@ def main_worker(local_index, args, plan):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.resume:  # --resume PATH continues the run with its own settings (checked again below)
+        ckpt = load_checkpoint(args.resume)
+        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS)
+        del ckpt
     # every user error is caught here, before any process starts or waits for the others
     if args.batch_size < 1 or args.epochs < 1 or args.moco_k < 1 or args.crop_size < 8 or args.workers < 0:
         raise CLIError("--batch-size, --epochs and --moco-k must be >= 1, --crop-size >= 8, -j >= 0")

@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state, strip_prefix)
-from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, bool_flag,
+from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args,
                         prepare_output_dir)
 from common.data import cifar, image_folder
 from common.device_aug import DeviceLoader, add_aug_arg
@@ -38,6 +39,7 @@ from common.guard import check_finite_state, check_loss
 from common.larc import LARC
 from common.logs import EpochLine
 from common.mix import draw_mix_params
+from common.runstate import copy_atomic, kill_point, remove_partial_files
 from common.utils import AverageMeter, seed_everything, worker_count
 
 from .exp import FILE_ONLY, PDStats, initialize_exp, rows_before
@@ -83,6 +85,10 @@ def add_cifar_data_args(parser, default="cifar10"):
                              "cifar-10-batches-py/ or cifar-100-python/ (downloaded there when missing)")
     parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None,
                         help="which CIFAR a --data_path directory holds (default: inferred from its content)")
+
+
+# per-session options; every other option of a run resumed with --resume comes from its checkpoint unless given
+SESSION_ARGS = {"dump_path", "resume", "unsafe_load", "dist_url", "world_size", "rank", "local_rank"}
 
 
 def build_parser(variant):
@@ -277,9 +283,29 @@ def gather_objects(obj, world):
     return out
 
 
+def fill_dump_path(args, variant):
+    """``--dump_path`` with its ``{name}`` fields filled from the arguments (``{dataset}``: the CIFAR in use)."""
+    fields = dict(vars(args))
+    if variant == "cifar" and "{dataset" in args.dump_path:
+        fields["dataset"] = cifar_source(args.data_path, args.dataset)[0]
+    try:
+        return args.dump_path.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise CLIError(f"--dump_path {args.dump_path}: cannot fill in {{{e}}} (use argument names)") from None
+
+
 def main(variant, argv=None):
-    args = build_parser(variant).parse_args(argv)
+    parser = build_parser(variant)
+    args = parser.parse_args(argv)
+    args.dump_path = fill_dump_path(args, variant)
+    ckpt_path = Path(args.dump_path) / "checkpoint.pth.tar"
+    ckpt = None
+    if args.resume and ckpt_path.is_file():  # continue the run with its own settings, options given override
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu", unsafe=args.unsafe_load)
+        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS,
+                            source=str(ckpt_path))
     check_args(args, variant)
+    recorded = dict(vars(args))  # the settings as given, before the run fills in rank, world size, ...
     v = VARIANT[variant]
 
     # ---- distributed setup: torchrun / torch.distributed.launch / srun, or a world of 1 ----
@@ -291,10 +317,6 @@ def main(variant, argv=None):
 
     # ---- data ----
     dataset = build_dataset(args, variant)
-    try:
-        args.dump_path = args.dump_path.format(**vars(args))
-    except (KeyError, IndexError, ValueError) as e:
-        raise CLIError(f"--dump_path {args.dump_path}: cannot fill in {{{e}}} (use argument names)") from None
     sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=world, rank=rank)
     if getattr(args, "aug", "pil") == "device":  # each process augments its own shard
         loader = DeviceLoader(dataset, dataset.transform, args.batch_size, device, sampler=sampler, rank=rank)
@@ -310,6 +332,9 @@ def main(variant, argv=None):
     # (console: stderr, as upstream's pretraining) ----
     dump = prepare_output_dir(args.dump_path, args.resume, "checkpoint.pth.tar")
     ckpt_dir = dump / "checkpoints"
+    if rank == 0:  # what a kill during an atomic write left, before anyone writes again
+        remove_partial_files(dump, ckpt_dir)
+    barrier()
     _, stats = initialize_exp(args, "epoch", "loss", rank=rank, console="stderr")
     logger.info(f"Building data done with {len(dataset)} images loaded.")
 
@@ -340,9 +365,7 @@ def main(variant, argv=None):
 
     # ---- resume ----
     start_epoch, rng_states, saved_stats = 0, None, None
-    ckpt_path = dump / "checkpoint.pth.tar"
-    if args.resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, map_location=device, unsafe=args.unsafe_load)
+    if ckpt is not None:
         if (not isinstance(ckpt, dict) or not {"state_dict", "optimizer", "epoch"} <= set(ckpt)
                 or not isinstance(ckpt["state_dict"], dict)):
             raise CLIError(f"{ckpt_path} is not a SwAV pretraining checkpoint (needs 'epoch', 'state_dict' "
@@ -371,10 +394,21 @@ def main(variant, argv=None):
     elif args.resume:
         logger.info(f"--resume: no checkpoint in {dump} yet, starting from scratch")
 
-    # ---- queue ----
-    queue = None
+    # ---- queue: every rank's queue is in the checkpoint; queue{rank}.pth (upstream's file) is derived from it.
+    # Checkpoints of the earlier format (no "queues") read the queue file, as upstream ----
+    queue, saved_queues = None, ckpt.get("queues") if ckpt is not None else None
     queue_path = dump / f"queue{rank}.pth"
-    if start_epoch > 0 and queue_path.is_file():
+    if saved_queues is not None and len(saved_queues) != world:
+        raise CLIError(f"{ckpt_path} holds the queues of {len(saved_queues)} processes, not {world}: resume it "
+                       "with as many processes")
+    if start_epoch > 0 and saved_queues is not None:
+        queue = saved_queues[rank]
+        if queue is not None:
+            queue = queue.to(device)
+            save_atomic({"queue": queue}, queue_path)  # re-derived: lost or stale after a kill
+        elif queue_path.exists():  # from a later epoch of an interrupted run: stale
+            queue_path.unlink()
+    elif start_epoch > 0 and queue_path.is_file():
         queue = load_checkpoint(queue_path, map_location=device, unsafe=args.unsafe_load)
         if not isinstance(queue, dict) or not torch.is_tensor(queue.get("queue")):
             raise CLIError(f"{queue_path} is not a SwAV queue file (no 'queue' tensor)")
@@ -402,6 +436,9 @@ def main(variant, argv=None):
         stats = PDStats(stats.path, stats.columns, rows)
     if rng_states is not None:
         set_rng_state(rng_states[rank])
+    last = start_epoch - 1
+    if rank == 0 and ckpt is not None and (last % args.checkpoint_freq == 0 or last == args.epochs - 1):
+        copy_atomic(ckpt_path, ckpt_dir / f"ckp-{last}.pth")  # re-derived: lost after a kill
 
     epoch_line = EpochLine(args.epochs)  # SwAV pretraining monitors no accuracy
     for epoch in range(start_epoch, args.epochs):
@@ -414,19 +451,22 @@ def main(variant, argv=None):
                                             queue, swav_loss, args, device, use_amp)
         stats.update((ep, loss))
         lr = optimizer.optim.param_groups[0]["lr"]  # the schedule's last value of the epoch
-        # every rank's RNG state and stats rows, for an exact resume
-        rng, rows = zip(*gather_objects((get_rng_state(), stats.rows), world))
+        # every rank's RNG state, stats rows and queue, for an exact resume from the one checkpoint file
+        rng, rows, queues = zip(*gather_objects((get_rng_state(), stats.rows,
+                                                 None if queue is None else queue.cpu()), world))
         if rank == 0:
             save_dict = {"epoch": epoch + 1,
                          "state_dict": {"module." + k: t for k, t in raw_model.state_dict().items()},
                          "optimizer": optimizer.state_dict(),
-                         "rng_states": list(rng), "stats": list(rows)}
+                         "rng_states": list(rng), "stats": list(rows), "queues": list(queues),
+                         "args": recorded}
             if use_amp:
                 save_dict["amp"] = scaler.state_dict()
             check_finite_state(save_dict, epoch, ckpt_path)
             save_atomic(save_dict, ckpt_path)
+            kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
             if epoch % args.checkpoint_freq == 0 or epoch == args.epochs - 1:
-                save_atomic(save_dict, ckpt_dir / f"ckp-{epoch}.pth")
+                copy_atomic(ckpt_path, ckpt_dir / f"ckp-{epoch}.pth")
             logger.info(epoch_line(epoch + 1, loss, lr))
         if queue is not None:
             save_atomic({"queue": queue}, queue_path)
