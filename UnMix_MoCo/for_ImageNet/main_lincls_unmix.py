@@ -42,7 +42,7 @@ from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
                                                       per_process_workers, plan_launch, setup_worker)
 from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_learning_rate,  # noqa: E402
-                                                      gather_rng_states, module_state_dict,
+                                                      gather_rng_states, module_state_dict, parse_args,
                                                       restore_rng_states)
 
 CKPT_NAME, BEST_NAME, LOG_NAME = "checkpoint.pth.tar", "model_best.pth.tar", "log.csv"
@@ -249,12 +249,7 @@ def main_worker(local_index, args, plan):
 
 
 def main(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    if args.resume:  # --resume PATH continues the run with its own settings (checked again below)
-        ckpt = load_checkpoint(args.resume)
-        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS)
-        del ckpt
+    args = parse_args(get_parser(), argv, SESSION_ARGS)  # --resume PATH: the run's own settings
     if args.batch_size < 1 or args.epochs < 1 or args.crop_size < 8 or args.workers < 0:
         raise CLIError("--batch-size and --epochs must be >= 1, --crop-size >= 8, -j >= 0")
     plan = plan_launch(args)

@@ -46,7 +46,7 @@ from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per
                                                       per_process_workers, plan_launch, setup_worker)
 from UnMix_MoCo.for_ImageNet.moco.loader import pretrain_transform  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_learning_rate,  # noqa: E402
-                                                      gather_rng_states, module_state_dict,
+                                                      gather_rng_states, module_state_dict, parse_args,
                                                       restore_rng_states)
 
 LOG_NAME = "log.csv"
@@ -257,12 +257,7 @@ def main_worker(local_index, args, plan):
 
 
 def main(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    if args.resume:  # --resume PATH continues the run with its own settings (checked again below)
-        ckpt = load_checkpoint(args.resume)
-        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS)
-        del ckpt
+    args = parse_args(get_parser(), argv, SESSION_ARGS)  # --resume PATH: the run's own settings
     # every user error is caught here, before any process starts or waits for the others
     if args.batch_size < 1 or args.epochs < 1 or args.moco_k < 1 or args.crop_size < 8 or args.workers < 0:
         raise CLIError("--batch-size, --epochs and --moco-k must be >= 1, --crop-size >= 8, -j >= 0")

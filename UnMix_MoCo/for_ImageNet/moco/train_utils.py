@@ -6,7 +6,8 @@ import warnings
 import torch.distributed as dist
 import torchvision.models as models
 
-from common.checkpoint import get_rng_state, set_rng_state
+from common.checkpoint import get_rng_state, load_checkpoint, set_rng_state
+from common.cli import adopt_recorded_args
 from common.dist import is_dist
 
 
@@ -31,6 +32,16 @@ def add_training_args(p, data_help, epochs, lr, schedule, weight_decay):
     p.add_argument("--wd", "--weight-decay", default=weight_decay, type=float, dest="weight_decay",
                    help="weight decay")
     p.add_argument("-p", "--print-freq", default=10, type=int, help="print every N iterations")
+
+
+def parse_args(parser, argv, session):
+    """The command line; with ``--resume PATH`` every option not written on it comes from the settings recorded
+    in that checkpoint (``session`` options excepted). The checkpoint is checked again when it is used."""
+    args = parser.parse_args(argv)
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load)
+        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, session)
+    return args
 
 
 def adjust_learning_rate(optimizer, epoch, args):
