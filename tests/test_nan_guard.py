@@ -79,7 +79,7 @@ def test_moco_cifar_exits_with_one_line_and_keeps_its_checkpoint(cifar16, tmp_pa
     # from the checkpoint (the defaults, batch 512 and 4096 keys, would be refused on 16 images)
     p = run_script([MOCO_C10, "--resume", out / "model_last.pth", "--epochs", "4", "--lr", "1e30", "--workers", "0"],
                    check=False)
-    assert "overridden on the command line: --epochs 4 (recorded: 1), --lr 1e+30 (recorded: 0.06)" in p.stdout
+    assert "overridden on the command line: --lr 1e+30 (recorded: 0.06), --epochs 4 (recorded: 1)" in p.stdout
     assert_clean_error(p, "non-finite loss", "epoch 2, step", "lower the learning rate")
     assert p.returncode == 2 and len([ln for ln in p.stderr.splitlines() if "error:" in ln]) == 1
     assert {f: digest(out / f) for f in before} == before
