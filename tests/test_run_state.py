@@ -64,7 +64,8 @@ import hashlib  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from conftest import ROOT, run_script, script_env  # noqa: E402
+from conftest import ROOT, assert_clean_error, run_script, script_env  # noqa: E402
+from common.guard import NonFiniteError  # noqa: E402
 from fakedata import make_cifar  # noqa: E402
 from common.dist import free_port  # noqa: E402
 from common.runstate import remove_partial_files  # noqa: E402
@@ -84,6 +85,11 @@ def load(path):
 def same_bytes(a, b, *names):
     for n in names:
         assert hashlib.sha256((a / n).read_bytes()).digest() == hashlib.sha256((b / n).read_bytes()).digest(), n
+
+
+def digests(folder, pattern="*"):
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob(pattern)
+            if p.is_file()}
 
 
 def same_tensors(x, y, what=""):
@@ -134,6 +140,18 @@ def test_moco_cifar_kill_between_checkpoint_and_log(cifar16, tmp_path):
     same_bytes(full, part, "log.csv", "curves.png")
     same_tensors(load(full / "model_last.pth")["state_dict"], load(part / "model_last.pth")["state_dict"])
 
+    # NaN guard (common/guard.py): continued with an absurd lr (epochs 4: the cosine lr of epoch 2 is not 0), every
+    # other setting from the checkpoint, the run stops with one line and leaves its files as they were
+    before = digests(part)
+    p = run_script([c10, "--resume", "run/model_last.pth", "--results-dir", "run", "--epochs", "4", "--lr", "1e30"],
+                   cwd=part.parent, check=False)
+    assert "overridden on the command line: --lr 1e+30 (recorded: 0.06), --epochs 4 (recorded: 1)" in p.stdout
+    assert_clean_error(p, "non-finite loss", "epoch 2, step", "lower the learning rate")
+    assert p.returncode == 2 and len([ln for ln in p.stderr.splitlines() if "error:" in ln]) == 1
+    after = digests(part)
+    assert {k: after[k] for k in before if k.name != "args.json"} == {k: v for k, v in before.items()
+                                                                     if k.name != "args.json"}
+
 
 def test_simclr_kill_before_the_snapshot_and_log(cifar16, tmp_path):
     main = ROOT / "UnMix_SimCLR_BYOL/main_unmix.py"
@@ -144,6 +162,13 @@ def test_simclr_kill_before_the_snapshot_and_log(cifar16, tmp_path):
     # htdt's snapshot of the last epoch (lost by the kill) is back, byte for byte, and so are the log and plot
     same_bytes(full, part, "contrastive_cifar10_0.pt", "log.csv", "curves.png")
     same_tensors(load(full / "model_last.pth")["state_dict"], load(part / "model_last.pth")["state_dict"])
+
+    # NaN guard: the checkpoint and snapshots stay as they were, no new snapshot
+    from UnMix_SimCLR_BYOL import main_unmix
+    before = digests(part, "*.pt*")
+    with pytest.raises(NonFiniteError, match="non-finite loss .* at epoch 2"):
+        main_unmix.main(["--epochs", "3", "--lr", "1e30", "--resume", str(part / "model_last.pth")])
+    assert digests(part, "*.pt*") == before and len(before) == 2
 
 
 def test_swav_cifar_kill_between_checkpoint_and_queue(cifar16, tmp_path):
@@ -163,6 +188,14 @@ def test_swav_cifar_kill_between_checkpoint_and_queue(cifar16, tmp_path):
     for n in ("ckp-0.pth", "ckp-1.pth"):
         same_tensors(load(full / "checkpoints" / n)["state_dict"], load(part / "checkpoints" / n)["state_dict"], n)
 
+    # NaN guard: a constant lr of 1e30 (LARC-scaled SGD) stops the run; checkpoints and queue stay as they were
+    from UnMix_SwAV.swav import train
+    before = digests(part, "*.pth*")
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        train.main("cifar", ["--epochs", "4", "--base_lr", "1e30", "--final_lr", "1e30", "--resume",
+                             "--dump_path", str(part)])
+    assert digests(part, "*.pth*") == before and len(before) == 4  # checkpoint.pth.tar, ckp-0/1, queue0
+
 
 def test_moco_imagenet_two_processes_kill_between_checkpoint_and_log(imagefolder_root, tmp_path):
     main = ROOT / "UnMix_MoCo/for_ImageNet/main_moco_unmix.py"
@@ -178,3 +211,11 @@ def test_moco_imagenet_two_processes_kill_between_checkpoint_and_log(imagefolder
     for k in ("state_dict", "optimizer", "log", "rng_states"):
         same_tensors(a[k], b[k], k)
     assert len(pd.read_csv(part / "log.csv")) == 1
+
+    # NaN guard, continued by a single process (the settings recorded, the launcher's not): the checkpoint stays
+    from UnMix_MoCo.for_ImageNet import main_moco_unmix
+    before = digests(part, "checkpoint_*")
+    with pytest.warns(UserWarning, match="RNG states"), pytest.raises(NonFiniteError, match="non-finite"):
+        main_moco_unmix.main([str(imagefolder_root), "--epochs", "3", "--lr", "1e30", "--output-dir", str(part),
+                              "--resume", str(part / "checkpoint_0000.pth.tar")])
+    assert digests(part, "checkpoint_*") == before and len(before) == 1
