@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state, strip_prefix)
 from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args,
-                        prepare_output_dir)
+                        bool_flag, prepare_output_dir)
 from common.data import cifar, image_folder
 from common.device_aug import DeviceLoader, add_aug_arg
 from common.dist import barrier, init_distributed, launcher_env
