@@ -38,9 +38,10 @@ from tqdm import tqdm  # noqa: E402
 
 from common import data as D  # noqa: E402
 from common.checkpoint import check_compatible, load_checkpoint, save_atomic  # noqa: E402
-from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
-                        save_args)
+from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, adopt_recorded_args,  # noqa: E402
+                        explicit_options, prepare_output_dir, run_main, save_args)
 from common.dist import all_reduce_sum, barrier, cleanup, is_dist  # noqa: E402
+from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_runs, write_csv  # noqa: E402
 from common.mix import rand_bbox  # noqa: E402
 from common.schedules import MASK_WEIGHT_SCHEDULES, MaskWeight, cosine, ema_momentum  # noqa: E402
@@ -266,9 +267,13 @@ def mix_baseline(x, y, args):
     return x, y[index], 1.0 - (x2 - x1) * (y2 - y1) / (x.size(-1) * x.size(-2))
 
 
-def train_step(model, net, x, y, t, optimizer, scaler, args, mask_weight, total):
-    """One iteration ``t`` (0-based, of ``total``): losses, backward, SGD step and, for automix/samix, the EMA
-    update of k. Returns the logged values (tensors or floats)."""
+HINT = "lower --lr, or try without --amp"
+
+
+def train_step(model, net, x, y, t, optimizer, scaler, args, mask_weight, total, epoch=None, step=None):
+    """One iteration ``t`` (0-based, of ``total``; ``step`` of ``epoch`` for the error line): losses, backward,
+    SGD step and, for automix/samix, the EMA update of k. Returns the logged values (tensors or floats); a
+    non-finite loss stops the run (common.guard: the loss value read here is the one the loop logs)."""
     logged = {}
     with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=args.amp):
         if isinstance(net, MixerModel):
@@ -285,9 +290,6 @@ def train_step(model, net, x, y, t, optimizer, scaler, args, mask_weight, total)
             xm, y_b, lam = mix_baseline(x, y, args)
             out = model(xm, y, y_b, lam)
     loss = out["loss"]
-    if not torch.isfinite(loss):
-        raise CLIError(f"the loss became {loss.item()} at iteration {t}: the run stops before saving it "
-                       "(lower --lr, or leave out --amp)")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -296,7 +298,8 @@ def train_step(model, net, x, y, t, optimizer, scaler, args, mask_weight, total)
         m = ema_momentum(t, total, args.ema_momentum, args.ema_end, args.ema_start)
         net.momentum_update(m)
         logged["ema_momentum"] = m
-    logged["loss"] = loss.detach()
+    logged["loss"] = loss.item()  # the one read of the loss per step (logged and averaged by train_epoch)
+    check_loss(logged["loss"], epoch, t if step is None else step, HINT)
     return logged
 
 
@@ -308,7 +311,8 @@ def train_epoch(model, net, loader, optimizer, scaler, epoch, args, device, sche
     bar = tqdm(loader, dynamic_ncols=True, disable=not show, desc=f"epoch {epoch + 1}/{args.epochs}")
     for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logged = train_step(model, net, x, y, epoch * len(loader) + i, optimizer, scaler, args, mask_weight, total)
+        logged = train_step(model, net, x, y, epoch * len(loader) + i, optimizer, scaler, args, mask_weight, total,
+                            epoch + 1, i)
         n = x.size(0)
         for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
@@ -435,10 +439,11 @@ def main_worker(local_index, args, plan):
                        title=f"{args.mix} epoch {epoch + 1}")
         rng_states = gather_rng_states()  # collective
         if show:
-            save_atomic({"epoch": epoch + 1, "iter": (epoch + 1) * len(loader), "arch": args.arch,
-                         "state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "rng_states": rng_states, "log": rows,
-                         "args": vars(args)}, out / CHECKPOINT)
+            ckpt = {"epoch": epoch + 1, "iter": (epoch + 1) * len(loader), "arch": args.arch,
+                    "state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "rng_states": rng_states, "log": rows, "args": vars(args)}
+            check_finite_state(ckpt, epoch + 1, out / CHECKPOINT, HINT)  # a NaN never reaches the checkpoint
+            save_atomic(ckpt, out / CHECKPOINT)
             write_csv(rows, out / "log.csv")
             write_curves(rows, out / "curves.png", str(out))
     barrier()
@@ -458,18 +463,6 @@ RUNTIME_OPTIONS = {"resume", "output_dir", "workers", "world_size", "rank", "dis
                    "multiprocessing_distributed", "nproc", "local_rank", "unsafe_load"}
 
 
-def given_options(parser, argv):
-    """The destinations of the options written on the command line ``argv``."""
-    saved = {a.dest: a.default for a in parser._actions}
-    try:
-        for a in parser._actions:
-            a.default = argparse.SUPPRESS
-        return set(vars(parser.parse_args(argv)))
-    finally:
-        for a in parser._actions:
-            a.default = saved[a.dest]
-
-
 def first_rank(plan, args):
     """The rank of the first process this invocation runs; ``None``: the launcher's (``$RANK``), which neither
     ``mp.spawn`` nor a manual ``--rank`` sets."""
@@ -484,14 +477,13 @@ def main(argv=None):
         ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load)  # fail early, before any process starts
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("args"), dict) or "state_dict" not in ckpt:
             raise CLIError(f"{args.resume} is not a {CHECKPOINT} of main_samix.py")
-        # the run's settings come from the checkpoint; options given again on the command line win
-        given = given_options(parser, sys.argv[1:] if argv is None else argv)
+        # the run's settings come from the checkpoint; options given again on the command line win, except
+        # those that make it another run
+        given = explicit_options(parser, argv)
         for key in ("dataset", "mix", "arch"):
             if key in given and ckpt["args"].get(key) != getattr(args, key):
                 raise CLIError(f"--{key} {getattr(args, key)} differs from the checkpoint's {ckpt['args'].get(key)}")
-        for key, value in ckpt["args"].items():
-            if hasattr(args, key) and key not in given and key not in RUNTIME_OPTIONS:
-                setattr(args, key, value)
+        adopt_recorded_args(args, ckpt["args"], parser, argv, RUNTIME_OPTIONS, args.resume)
         if not args.output_dir:
             args.output_dir = os.path.dirname(os.path.abspath(args.resume))
     args = resolve_defaults(args)

@@ -117,3 +117,24 @@ def test_images_are_checked_once_per_job_before_the_processes_start(imagefolder_
     ms.main(argv + ["--world-size", "2", "--rank", "1", "--output-dir", str(tmp_path / "b")])  # node 1: ranks 2, 3
     assert len(launched) == 1
     ms.build_datasets(launched[0])  # what each spawned process builds: no second check
+
+
+def test_resume_takes_the_recorded_settings_names_the_overrides_and_a_nan_never_reaches_the_checkpoint(
+        cifar10_root, tmp_path, capsys):
+    import hashlib
+    from SAMix.main_samix import main
+    run = tmp_path / "run"
+    train(cifar10_root, run, "--lr", "0.05", "--eta", "0.3", epochs=1)
+    ck = run / "latest.pth"
+    before = hashlib.md5(ck.read_bytes()).hexdigest()
+    with pytest.raises(CLIError, match="--mix mixup differs from the checkpoint's samix"):
+        main(["--resume", str(ck), "--mix", "mixup"])
+    capsys.readouterr()
+    # a diverging continuation: --lr given again overrides the recorded 0.05, the rest is the run's own
+    with pytest.raises(CLIError, match=r"non-finite loss \S+ at epoch 2, step \d+: .*lower --lr"):
+        main(["--resume", str(ck), "--epochs", "2", "--lr", "1e30", "-j", "0"])
+    out = capsys.readouterr().out
+    line = [s for s in out.splitlines() if "recorded in" in s]
+    assert line == [f"=> resuming with the settings recorded in {ck}; overridden on the command line: "
+                    "--epochs 2 (recorded: 1), --lr 1e+30 (recorded: 0.05)"], out
+    assert hashlib.md5(ck.read_bytes()).hexdigest() == before
