@@ -37,10 +37,12 @@ from torchvision.transforms import InterpolationMode  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common import data as D  # noqa: E402
-from common.checkpoint import check_compatible, load_checkpoint, save_atomic  # noqa: E402
+from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
+                               restore_rng_states, save_atomic)
 from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, adopt_recorded_args,  # noqa: E402
                         explicit_options, prepare_output_dir, run_main, save_args)
-from common.dist import all_reduce_sum, barrier, cleanup, is_dist  # noqa: E402
+from common.dist import (add_dist_args, all_reduce_sum, barrier, cleanup, is_dist, launch,  # noqa: E402
+                         plan_launch, setup_worker)
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_runs, write_csv  # noqa: E402
 from common.mix import rand_bbox  # noqa: E402
@@ -48,8 +50,6 @@ from common.schedules import MASK_WEIGHT_SCHEDULES, MaskWeight, cosine, ema_mome
 from common.utils import amp_dtype, seed_everything, worker_count  # noqa: E402
 from SAMix.models import ARCHS, MixerModel, build_model  # noqa: E402
 from SAMix.plots import plot_masks  # noqa: E402
-from UnMix_MoCo.for_ImageNet.moco.distributed import add_dist_args, launch, plan_launch, setup_worker  # noqa: E402
-from UnMix_MoCo.for_ImageNet.moco.train_utils import gather_rng_states, restore_rng_states  # noqa: E402
 
 CHECKPOINT = "latest.pth"
 MIXES = ("none", "mixup", "cutmix", "automix", "samix")

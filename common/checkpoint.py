@@ -16,8 +16,10 @@ import zipfile
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .cli import WRITE_ERRNOS, CLIError, cannot_write
+from .dist import is_dist
 
 
 def _create_temp(d):
@@ -89,6 +91,25 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states():
+    """The RNG states of every process in rank order (a collective: all processes must call it)."""
+    state = get_rng_state()
+    if not is_dist():
+        return [state]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, state)
+    return out
+
+
+def restore_rng_states(states, rank, world):
+    """Sets this process's RNGs from :func:`gather_rng_states`'s list (a warning if it does not fit)."""
+    if states is not None and len(states) == world:
+        set_rng_state(states[rank])
+    else:
+        warnings.warn("the checkpoint holds no RNG states for this number of processes: the run resumes "
+                      "correctly but not bit-exactly")
 
 
 def _numpy_globals():

@@ -1,12 +1,39 @@
 """Distributed setup for every launcher: torchrun, ``python -m torch.distributed.launch``, ``srun``
 under Slurm, and ``mp.spawn``. NCCL with CUDA, gloo on CPU-only machines (so DDP runs and is tested
-without a GPU)."""
+without a GPU).
+
+The launch plans of the scripts that follow upstream MoCo's command line (``add_dist_args``, ``plan_launch``,
+``setup_worker``, ``launch``; MoCo ImageNet, supervised SAMix):
+
+1. ``--multiprocessing-distributed``: upstream's ``mp.spawn`` of one process per GPU. As upstream,
+   ``--world-size``/``--rank`` then count *nodes* (``-1`` means one node, rank 0; under ``srun`` with one
+   task per node they default to the Slurm task count/id). Without GPUs ``--nproc`` CPU processes are
+   spawned (default 1) and talk over gloo.
+2. ``torchrun`` / ``python -m torch.distributed.launch`` (``--local_rank`` or ``--local-rank``) /
+   ``srun``: one process per launcher task; RANK/WORLD_SIZE (or SLURM_PROCID/SLURM_NTASKS) count
+   processes. torchrun and launch rendezvous through ``env://``; under srun ``--dist-url`` is used
+   (``tcp://<first node>:<port>``).
+3. ``--world-size N --rank R --dist-url tcp://...`` by hand (upstream's non-spawn mode), N processes.
+4. Otherwise a single process with a world of 1 (upstream raised NotImplementedError; the same code
+   runs, with an identity all-gather).
+
+MoCo ImageNet's ``-b`` and ``-j`` keep upstream's meaning with every launcher: totals over the processes of
+**one node** (:func:`per_process`, :func:`per_process_workers`), so the same command line gives the same
+per-process batch whatever the launcher.
+"""
+import math
 import os
 import re
 import socket
+import sys
+import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from .cli import WRITE_ERRNOS, CLIError, add_local_rank_arg, cannot_write
 
 
 def slurm_tasks_per_node(value):
@@ -106,3 +133,123 @@ def free_port():
 def cleanup():
     if is_dist():
         dist.destroy_process_group()
+
+
+def add_dist_args(parser):
+    parser.add_argument("--world-size", default=-1, type=int,
+                        help="number of nodes with --multiprocessing-distributed (-1: one node); number of "
+                             "processes for a manual launch; ignored under torchrun/launch/srun")
+    parser.add_argument("--rank", default=-1, type=int,
+                        help="node rank with --multiprocessing-distributed, process rank for a manual launch")
+    parser.add_argument("--dist-url", default="tcp://localhost:10002", type=str,
+                        help="rendezvous URL (torchrun/launch always use env://)")
+    parser.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
+                        help="auto: nccl with CUDA, gloo on CPU")
+    parser.add_argument("--gpu", default=None, type=int, help="GPU id for a single-process run")
+    parser.add_argument("--multiprocessing-distributed", action="store_true",
+                        help="spawn one process per GPU (per --nproc on CPU) and run DDP, as upstream")
+    parser.add_argument("--nproc", default=None, type=int,
+                        help="processes per node for --multiprocessing-distributed "
+                             "(default: the number of GPUs, or 1 without GPUs)")
+    add_local_rank_arg(parser)
+
+
+@dataclass
+class Plan:
+    mode: str            # spawn | launcher | manual | single
+    world: int           # processes in the job
+    procs_per_node: int  # divides -b and -j
+    node_rank: int = 0   # spawn mode: rank = node_rank * procs_per_node + local index
+    dist_url: str = "env://"
+
+
+def plan_launch(args):
+    """Decides how this invocation runs (before any process group exists); raises CLIError on bad input."""
+    env = launcher_env()
+    ngpus = torch.cuda.device_count()
+    if args.dist_backend == "nccl" and ngpus == 0:
+        raise CLIError("--dist-backend nccl needs CUDA GPUs; use gloo (or auto) on this machine")
+    if args.multiprocessing_distributed:
+        nproc = args.nproc if args.nproc is not None else max(ngpus, 1)
+        if nproc < 1 or (ngpus and nproc > ngpus):
+            raise CLIError(f"--nproc {nproc}: must be between 1 and the {ngpus} visible GPUs" if ngpus
+                           else f"--nproc must be >= 1, got {nproc}")
+        nodes, node_rank = args.world_size, args.rank
+        if nodes == -1 and env is not None:  # e.g. srun with one task per node, as upstream's env://
+            node_rank, nodes = env[0], env[1]
+        nodes, node_rank = max(nodes, 1), max(node_rank, 0)
+        if node_rank >= nodes:
+            raise CLIError(f"--rank {node_rank} must be smaller than --world-size {nodes} (nodes)")
+        return Plan("spawn", nodes * nproc, nproc, node_rank, args.dist_url)
+    if env is not None:
+        rank, world, _ = env
+        if "LOCAL_WORLD_SIZE" in os.environ:  # torchrun / launch
+            per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        elif "SLURM_NTASKS_PER_NODE" in os.environ:
+            per_node = slurm_tasks_per_node(os.environ["SLURM_NTASKS_PER_NODE"])
+        elif "SLURM_TASKS_PER_NODE" in os.environ:
+            per_node = slurm_tasks_per_node(os.environ["SLURM_TASKS_PER_NODE"])
+        else:
+            per_node = world
+        url = "env://" if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ else args.dist_url
+        return Plan("launcher", world, max(1, min(per_node, world)), 0, url)
+    if args.world_size > 1:
+        if not 0 <= args.rank < args.world_size:
+            raise CLIError(f"a manual launch with --world-size {args.world_size} needs --rank in "
+                           f"[0, {args.world_size - 1}], got {args.rank}")
+        return Plan("manual", args.world_size, max(ngpus, 1), 0, args.dist_url)
+    return Plan("single", 1, 1, 0, args.dist_url)
+
+
+def per_process(total, plan):
+    """Upstream's split of the per-node ``-b`` (floor) ... """
+    return int(total / plan.procs_per_node)
+
+
+def per_process_workers(total, plan):
+    """... and of the per-node ``-j`` (ceil)."""
+    return int(math.ceil(total / plan.procs_per_node))
+
+
+def setup_worker(local_index, args, plan):
+    """Joins the process group (if any); returns ``(device, rank, world)``."""
+    if plan.mode == "spawn":
+        rank, local = plan.node_rank * plan.procs_per_node + local_index, local_index
+    elif plan.mode == "launcher":
+        rank, _, local = launcher_env()
+    elif plan.mode == "manual":
+        rank, local = args.rank, args.gpu if args.gpu is not None else args.rank
+    else:
+        rank, local = 0, args.gpu or 0
+    backend = None if args.dist_backend == "auto" else args.dist_backend
+    try:
+        device = init_distributed(rank, plan.world, plan.dist_url, backend, local)
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"cannot join the process group at {plan.dist_url} as rank {rank}/{plan.world}: "
+                       f"{str(e).splitlines()[0]}") from None
+    return device, rank, plan.world
+
+
+def _spawned(local_index, worker, args, plan):
+    try:
+        worker(local_index, args, plan)
+    except (CLIError, OSError) as e:
+        if isinstance(e, OSError):  # a full or read-only output folder (log.csv, curves.png): one line too
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            e = cannot_write(e.filename or "an output file", e.strerror)
+        if local_index != 0:  # the same error usually hits every process: let process 0 say it once
+            time.sleep(2.0)  # (mp.spawn terminates the others as soon as one exits)
+        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {e}\n")
+        sys.stderr.flush()
+        os._exit(2)  # at once: tearing down a half-used process group can block on the peers
+
+
+def launch(worker, args, plan):
+    """Runs ``worker(local_index, args, plan)``: spawned ``procs_per_node`` times, or here once."""
+    if plan.mode != "spawn":
+        return worker(0, args, plan)
+    try:
+        mp.spawn(_spawned, nprocs=plan.procs_per_node, args=(worker, args, plan))
+    except mp.ProcessExitedException as e:  # the worker already printed its one error line
+        sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)

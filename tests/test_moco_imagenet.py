@@ -341,7 +341,7 @@ def test_help_shows_upstream_defaults():
 
 
 def test_slurm_and_torchrun_environments_are_planned_per_process(monkeypatch):
-    from UnMix_MoCo.for_ImageNet.moco.distributed import per_process, plan_launch
+    from common.dist import per_process, plan_launch
     args = pretrain.get_parser().parse_args(["data"])
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)

@@ -30,20 +30,19 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
-from common.checkpoint import check_compatible, load_checkpoint, save_atomic, strip_prefix  # noqa: E402
+from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
+                               restore_rng_states, save_atomic, strip_prefix)
 from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
                         save_args)
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
-from common.dist import barrier, cleanup, is_dist  # noqa: E402
+from common.dist import (add_dist_args, barrier, cleanup, is_dist, launch, per_process,  # noqa: E402
+                         per_process_workers, plan_launch, setup_worker)
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
 from common.runstate import copy_atomic, kill_point, remove_partial_files  # noqa: E402
 from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
-from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
-                                                      per_process_workers, plan_launch, setup_worker)
 from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_learning_rate,  # noqa: E402
-                                                      gather_rng_states, module_state_dict, parse_args,
-                                                      restore_rng_states)
+                                                      module_state_dict, parse_args)
 
 CKPT_NAME, BEST_NAME, LOG_NAME = "checkpoint.pth.tar", "model_best.pth.tar", "log.csv"
 PREFIX = "module.encoder_q."

@@ -9,7 +9,7 @@ MoCo v2 + Un-Mix, as the published rows (8 GPUs, one node)::
 
 ``IMAGENET/train`` is read as an ImageFolder. Launch with ``--multiprocessing-distributed`` (as upstream),
 ``torchrun``, ``python -m torch.distributed.launch``, ``srun``, or as a single process (see
-``moco/distributed.py``). Checkpoints ``checkpoint_{epoch:04d}.pth.tar`` (0-based epoch) go to
+``common/dist.py``). Checkpoints ``checkpoint_{epoch:04d}.pth.tar`` (0-based epoch) go to
 ``--output-dir`` with upstream's dict keys plus the RNG states of every process and the log history.
 """
 import argparse
@@ -31,23 +31,22 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
-from common.checkpoint import check_compatible, load_checkpoint, save_atomic, strip_prefix  # noqa: E402
+from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
+                               restore_rng_states, save_atomic, strip_prefix)
 from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
                         save_args)
 from common.data import TwoCrops, check_image_folder, image_folder, split_dir  # noqa: E402
-from common.dist import barrier, cleanup, is_dist  # noqa: E402
+from common.dist import (add_dist_args, barrier, cleanup, is_dist, launch, per_process,  # noqa: E402
+                         per_process_workers, plan_launch, setup_worker)
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_curves, write_csv  # noqa: E402
 from common.mix import unmix_batch, unmix_loss  # noqa: E402
 from common.runstate import kill_point, remove_partial_files  # noqa: E402
 from common.utils import AverageMeter, accuracy, amp_dtype, worker_count  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.builder import MoCo  # noqa: E402
-from UnMix_MoCo.for_ImageNet.moco.distributed import (add_dist_args, launch, per_process,  # noqa: E402
-                                                      per_process_workers, plan_launch, setup_worker)
 from UnMix_MoCo.for_ImageNet.moco.loader import pretrain_transform  # noqa: E402
 from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_learning_rate,  # noqa: E402
-                                                      gather_rng_states, module_state_dict, parse_args,
-                                                      restore_rng_states)
+                                                      module_state_dict, parse_args)
 
 LOG_NAME = "log.csv"
 

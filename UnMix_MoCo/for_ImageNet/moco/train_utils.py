@@ -1,14 +1,11 @@
-"""Small pieces both entry scripts use: the per-epoch lr schedule, upstream's ``module.`` key layout,
-and the RNG states of every process (for bit-exact resume)."""
+"""Small pieces both entry scripts use: the per-epoch lr schedule and upstream's ``module.`` key layout (the
+RNG states of every process are in ``common/checkpoint.py``, the launch modes in ``common/dist.py``)."""
 import math
-import warnings
 
-import torch.distributed as dist
 import torchvision.models as models
 
-from common.checkpoint import get_rng_state, load_checkpoint, set_rng_state
+from common.checkpoint import load_checkpoint
 from common.cli import adopt_recorded_args
-from common.dist import is_dist
 
 
 # upstream listed every lowercase callable of torchvision.models (helpers included); builders only
@@ -62,21 +59,3 @@ def module_state_dict(net):
     """``net.state_dict()`` with the ``module.`` prefix DDP / DataParallel give it upstream (also when
     this run used a single process and no wrapper), so files are interchangeable with upstream."""
     return {"module." + k: v for k, v in net.state_dict().items()}
-
-
-def gather_rng_states():
-    """The RNG states of every process in rank order (a collective: all processes must call it)."""
-    state = get_rng_state()
-    if not is_dist():
-        return [state]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, state)
-    return out
-
-
-def restore_rng_states(states, rank, world):
-    if states is not None and len(states) == world:
-        set_rng_state(states[rank])
-    else:
-        warnings.warn("the checkpoint holds no RNG states for this number of processes: the run resumes "
-                      "correctly but not bit-exactly")
