@@ -45,6 +45,7 @@ from common.dist import (add_dist_args, all_reduce_sum, barrier, cleanup, is_dis
                          plan_launch, setup_worker)
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_runs, write_csv  # noqa: E402
+from common.runstate import kill_point, remove_partial_files  # noqa: E402
 from common.mix import rand_bbox  # noqa: E402
 from common.schedules import MASK_WEIGHT_SCHEDULES, MaskWeight, cosine, ema_momentum  # noqa: E402
 from common.utils import amp_dtype, seed_everything, worker_count  # noqa: E402
@@ -411,8 +412,12 @@ def main_worker(local_index, args, plan):
         log(f"=> resumed {args.resume} at epoch {start}")
 
     out = Path(args.output_dir)
-    if show:
+    if show:  # the only process that writes: what a kill during an atomic write left, then the derived files
+        remove_partial_files(out)
         save_args(args, out / "args.json")
+        if rows:  # lost or stale after a kill between the checkpoint and the log: re-derived from the
+            write_csv(rows, out / "log.csv")  # checkpoint's log, even with nothing left to train
+            write_curves(rows, out / "curves.png", str(out))
     plot_idx = list(range(min(6, len(val_set))))
     # the deployment model: the EMA network k with head_one_k (automix/samix), the only head otherwise
     deployed = "acc1_one_k" if isinstance(net, MixerModel) else "acc1_one_q"
@@ -444,6 +449,7 @@ def main_worker(local_index, args, plan):
                     "scaler": scaler.state_dict(), "rng_states": rng_states, "log": rows, "args": vars(args)}
             check_finite_state(ckpt, epoch + 1, out / CHECKPOINT, HINT)  # a NaN never reaches the checkpoint
             save_atomic(ckpt, out / CHECKPOINT)
+            kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
             write_csv(rows, out / "log.csv")
             write_curves(rows, out / "curves.png", str(out))
     barrier()
@@ -485,7 +491,7 @@ def main(argv=None):
                 raise CLIError(f"--{key} {getattr(args, key)} differs from the checkpoint's {ckpt['args'].get(key)}")
         adopt_recorded_args(args, ckpt["args"], parser, argv, RUNTIME_OPTIONS, args.resume)
         if not args.output_dir:
-            args.output_dir = os.path.dirname(os.path.abspath(args.resume))
+            args.output_dir = os.path.dirname(args.resume) or "."  # as given: the plots' title is the folder
     args = resolve_defaults(args)
     if ckpt is not None and ckpt.get("epoch", 0) >= args.epochs:
         warnings.warn(f"the checkpoint already holds {ckpt['epoch']} of {args.epochs} epochs: nothing to train")

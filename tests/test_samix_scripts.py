@@ -138,3 +138,14 @@ def test_resume_takes_the_recorded_settings_names_the_overrides_and_a_nan_never_
     assert line == [f"=> resuming with the settings recorded in {ck}; overridden on the command line: "
                     "--epochs 2 (recorded: 1), --lr 1e+30 (recorded: 0.05)"], out
     assert hashlib.md5(ck.read_bytes()).hexdigest() == before
+
+
+def test_kill_between_checkpoint_and_log_then_resume_rederives_the_log(cifar10_root, tmp_path):
+    """common/runstate.py: killed right after epoch 1's checkpoint (before log.csv/curves.png), a planted partial
+    file is removed on resume and the log is re-derived from the checkpoint, with nothing left to train."""
+    from test_run_state import killed_then_resumed, same_bytes
+    cmd = [SCRIPT, "--dataset", "cifar10", "--data", cifar10_root, "--output-dir", "run", "--epochs", 1,
+           "-a", "resnet_tiny", "-b", "8", "-j", "0", "--plot-every", "0"]
+    full, part = killed_then_resumed(tmp_path, cmd, [SCRIPT, "--resume", "run/latest.pth", "-j", "0"])
+    assert state(part / "latest.pth")["epoch"] == 1
+    same_bytes(full, part, "log.csv", "curves.png")
