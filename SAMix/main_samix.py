@@ -41,7 +41,7 @@ from common.checkpoint import (check_compatible, gather_rng_states, load_checkpo
                                restore_rng_states, save_atomic)
 from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, adopt_recorded_args,  # noqa: E402
                         explicit_options, prepare_output_dir, run_main, save_args)
-from common.dist import (add_dist_args, all_reduce_sum, barrier, cleanup, is_dist, launch,  # noqa: E402
+from common.dist import (add_dist_args, all_reduce_sum, barrier, cleanup, first_rank, is_dist, launch,  # noqa: E402
                          plan_launch, setup_worker)
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_runs, write_csv  # noqa: E402
@@ -467,12 +467,6 @@ def write_curves(rows, path, title):
 # options that describe how this invocation runs, not the run itself: never taken from a checkpoint
 RUNTIME_OPTIONS = {"resume", "output_dir", "workers", "world_size", "rank", "dist_url", "dist_backend", "gpu",
                    "multiprocessing_distributed", "nproc", "local_rank", "unsafe_load"}
-
-
-def first_rank(plan, args):
-    """The rank of the first process this invocation runs; ``None``: the launcher's (``$RANK``), which neither
-    ``mp.spawn`` nor a manual ``--rank`` sets."""
-    return {"spawn": plan.node_rank * plan.procs_per_node, "manual": args.rank, "single": 0}.get(plan.mode)
 
 
 def main(argv=None):

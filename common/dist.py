@@ -201,6 +201,13 @@ def plan_launch(args):
     return Plan("single", 1, 1, 0, args.dist_url)
 
 
+def first_rank(plan, args):
+    """The rank of the first process this invocation runs; ``None``: the launcher's (``$RANK``), which neither
+    ``mp.spawn`` nor a manual ``--rank`` sets. For the checks a parent process does once per job before it
+    spawns (``common.data.check_image_folder(..., rank=first_rank(plan, args))``)."""
+    return {"spawn": plan.node_rank * plan.procs_per_node, "manual": args.rank, "single": 0}.get(plan.mode)
+
+
 def per_process(total, plan):
     """Upstream's split of the per-node ``-b`` (floor) ... """
     return int(total / plan.procs_per_node)

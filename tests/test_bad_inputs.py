@@ -199,3 +199,29 @@ def test_failed_cifar_download_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(CLIError, match="could not download cifar10"):
         D.cifar("cifar10", str(tmp_path / "kept"), train=True)
     assert (tmp_path / "kept").is_dir()
+
+
+@pytest.mark.parametrize("relpath,extra", [("UnMix_MoCo/for_ImageNet/main_moco_unmix.py", ["--moco-k", "16"]),
+                                           ("UnMix_MoCo/for_ImageNet/main_lincls_unmix.py", [])])
+def test_moco_imagenet_checks_images_once_per_job_also_off_node_0(tmp_path, monkeypatch, relpath, extra):
+    """No $RANK under mp.spawn or a manual --rank: the parent checks as its first process's rank
+    (common.dist.first_rank), so only the invocation that runs rank 0 checks."""
+    mod = script(relpath)
+    root = make_image_folder(tmp_path / "imgs")
+    bad = _first_image(root)
+    bad.write_bytes(b"not an image")
+    launched = []
+    monkeypatch.setattr(mod, "launch", lambda worker, args, plan: launched.append(plan.mode))
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    argv = [str(root), "-a", "resnet18", "-b", "8", "-j", "0", "--epochs", "1", *extra]
+    spawn = ["--multiprocessing-distributed", "--nproc", "2", "--dist-backend", "gloo"]
+    with pytest.raises(CLIError, match=f"cannot be read, e.g. {bad}"):  # node 0: ranks 0 and 1
+        mod.main(argv + spawn + ["--output-dir", str(tmp_path / "a")])
+    mod.main(argv + spawn + ["--world-size", "2", "--rank", "1", "--output-dir", str(tmp_path / "b")])  # ranks 2, 3
+    mod.main(argv + ["--world-size", "2", "--rank", "1", "--dist-backend", "gloo",
+                     "--output-dir", str(tmp_path / "c")])  # a manual launch's rank 1
+    assert launched == ["spawn", "manual"]
+    with pytest.raises(CLIError, match="cannot be read"):  # and its rank 0 does check
+        mod.main(argv + ["--world-size", "2", "--rank", "0", "--dist-backend", "gloo",
+                         "--output-dir", str(tmp_path / "d")])

@@ -35,7 +35,7 @@ from common.checkpoint import (check_compatible, gather_rng_states, load_checkpo
 from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
                         save_args)
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
-from common.dist import (add_dist_args, barrier, cleanup, is_dist, launch, per_process,  # noqa: E402
+from common.dist import (add_dist_args, barrier, cleanup, first_rank, is_dist, launch, per_process,  # noqa: E402
                          per_process_workers, plan_launch, setup_worker)
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
@@ -253,7 +253,7 @@ def main(argv=None):
         raise CLIError("--batch-size and --epochs must be >= 1, --crop-size >= 8, -j >= 0")
     plan = plan_launch(args)
     for split in ("train", "val"):
-        check_image_folder(split_dir(args.data, split), images=True)
+        check_image_folder(split_dir(args.data, split), images=True, rank=first_rank(plan, args))
     if per_process(args.batch_size, plan) < 1:
         raise CLIError(f"--batch-size {args.batch_size} is smaller than the {plan.procs_per_node} processes per node")
     if args.evaluate and not (args.resume or args.pretrained):

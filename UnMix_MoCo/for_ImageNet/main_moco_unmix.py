@@ -36,7 +36,7 @@ from common.checkpoint import (check_compatible, gather_rng_states, load_checkpo
 from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
                         save_args)
 from common.data import TwoCrops, check_image_folder, image_folder, split_dir  # noqa: E402
-from common.dist import (add_dist_args, barrier, cleanup, is_dist, launch, per_process,  # noqa: E402
+from common.dist import (add_dist_args, barrier, cleanup, first_rank, is_dist, launch, per_process,  # noqa: E402
                          per_process_workers, plan_launch, setup_worker)
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_curves, write_csv  # noqa: E402
@@ -263,7 +263,7 @@ def main(argv=None):
     if not 0.0 <= args.unmix_prob <= 1.0 or args.beta <= 0:
         raise CLIError("--unmix_prob must be in [0, 1] and --beta > 0")
     plan = plan_launch(args)
-    check_image_folder(split_dir(args.data, "train"), images=True)
+    check_image_folder(split_dir(args.data, "train"), images=True, rank=first_rank(plan, args))
     per_proc = per_process(args.batch_size, plan)
     if per_proc < 1:
         raise CLIError(f"--batch-size {args.batch_size} is smaller than the {plan.procs_per_node} processes per node")
