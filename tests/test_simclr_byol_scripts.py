@@ -103,7 +103,9 @@ def test_baselines_other_datasets_and_figure2(byol_runs, cifar10_root, cifar100_
     main_unmix.main(["--method", "simclr", "--dataset", "cifar100", "--data", str(cifar100_root), "--results-dir",
                      str(tmp_path / "simclr_base"), *TINY, "--epochs", "1", "--no-unmix", "--probe-epochs", "0"])
     train("simclr", "imagefolder", imagefolder_root, tmp_path / "simclr_unmix", "--epochs", "1",
-          "--batch-size", "8", "--separate-passes", "--amp")  # torch.amp: bfloat16 autocast on CPU
+          "--batch-size", "8", "--separate-passes", "--amp",  # torch.amp: bfloat16 autocast on CPU
+          "--crop-size", "16")  # at 8 px layer4 is 1x1 and bf16 BatchNorm over 8 values overflows Adam's state:
+    # the NaN guard (rightly) refuses to save that run, so the --amp run uses the smallest non-degenerate crop
     for run, method in (("byol_base", "byol"), ("simclr_base", "simclr"), ("simclr_unmix", "simclr")):
         log = pd.read_csv(tmp_path / run / "log.csv")
         assert (tmp_path / run / "curves.png").stat().st_size > 0
