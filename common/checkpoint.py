@@ -4,12 +4,10 @@ Files are written to a temporary name in the same directory, flushed to disk, th
 target, so a run killed mid-write (even ``kill -9``) leaves the previous checkpoint intact.
 """
 import argparse
-import errno
 import os
 import pickle
 import random
 import re
-import secrets
 import shutil
 import warnings
 import zipfile
@@ -18,20 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .cli import WRITE_ERRNOS, CLIError, cannot_write
+from .cli import CLIError, atomic_write, cannot_write
 from .dist import is_dist
-
-
-def _create_temp(d):
-    """A new ``d/.tmp-XXXXXXXX.pth`` opened for writing, created with mode 0666 minus the umask as any
-    file (``tempfile.mkstemp`` makes 0600, which a group sharing the run folder could not read)."""
-    for _ in range(100):
-        tmp = os.path.join(d, f".tmp-{secrets.token_hex(6)}.pth")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", d)
 
 
 def _is_write_failure(e):
@@ -41,31 +27,21 @@ def _is_write_failure(e):
 
 
 def save_atomic(obj, path):
-    """``torch.save`` to ``path`` via a temp file + ``os.replace``.
+    """``torch.save`` to ``path`` through :func:`common.cli.atomic_write` (a temp file + ``os.replace``).
 
     A folder that cannot be written (full disk, quota, read-only, permissions) gives one :class:`CLIError`
     naming ``path``; the temp file is removed and a previous file at ``path`` is left as it was.
     """
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    tmp = None
     try:
-        fd, tmp = _create_temp(d)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-            raise CLIError(cannot_write(path, e.strerror)) from None
-        if _is_write_failure(e):
-            free = shutil.disk_usage(d).free
-            raise CLIError(cannot_write(path, f"the write failed ({free / 2 ** 20:.0f} MiB free in {d}): "
-                                              f"{str(e).splitlines()[0][:120]}")) from None
-        raise
+    except RuntimeError as e:
+        if not _is_write_failure(e):
+            raise
+        d = os.path.dirname(os.path.abspath(path))
+        free = shutil.disk_usage(d).free
+        raise CLIError(cannot_write(path, f"the write failed ({free / 2 ** 20:.0f} MiB free in {d}): "
+                                          f"{str(e).splitlines()[0][:120]}")) from None
 
 
 def get_rng_state():

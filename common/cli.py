@@ -1,8 +1,11 @@
-"""Command-line plumbing: one clear error line instead of a traceback, output-directory safety, flags."""
+"""Command-line plumbing: one clear error line instead of a traceback, output-directory safety (atomic
+writes), flags."""
 import argparse
+import contextlib
 import errno
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -95,12 +98,51 @@ def prepare_output_dir(path, resume, marker):
     return path
 
 
+def _create_temp(d, suffix):
+    """A new, empty ``d/.tmp-XXXXXXXXXXXX<suffix>``, created with mode 0666 minus the umask as any file
+    (``tempfile.mkstemp`` makes 0600, which a group sharing the run folder could not read)."""
+    for _ in range(100):
+        tmp = os.path.join(d, f".tmp-{secrets.token_hex(6)}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", d)
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """``with atomic_write(path) as tmp:`` write the file ``tmp``; when the block ends it is flushed to disk
+    and renamed over ``path``, so a run killed mid-write (even ``kill -9``) leaves what was at ``path`` intact.
+
+    ``tmp`` is a new hidden file in ``path``'s folder with ``path``'s suffix (writers that pick the format
+    from the name, as matplotlib does, still do); what a kill leaves of it is removed at the next start
+    (:func:`common.runstate.remove_partial_files`). On an error it is removed and a folder that cannot be
+    written (full disk, quota, read-only, permissions) gives one :class:`CLIError` naming ``path``."""
+    path = os.fspath(path)
+    tmp = None
+    try:
+        tmp = _create_temp(os.path.dirname(os.path.abspath(path)), os.path.splitext(path)[1])
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            raise CLIError(cannot_write(path, e.strerror)) from None
+        raise
+
+
 def save_args(args, path):
     """Writes the parsed arguments as JSON (argparse insertion order), atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
         json.dump(vars(args), f, indent=2)
-    os.replace(tmp, path)
 
 
 def add_unsafe_load_arg(parser):

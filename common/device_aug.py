@@ -35,11 +35,9 @@ from one draw of the process's torch RNG (as a DataLoader draws its base seed), 
 checkpoint of the scripts saves that RNG state, so ``--resume`` at an epoch boundary continues bit-exactly;
 in DDP every process augments its own shard (the script's DistributedSampler) with its own stream.
 """
-import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import BatchSampler, RandomSampler
 from torchvision import transforms as T
 

@@ -1,11 +1,12 @@
 """Run logs: a CSV whose history lives in the checkpoint (so it survives resume exactly), curves, and the
 one console line every training script prints per epoch."""
 import math
-import os
 import time
 import warnings
 
 import pandas as pd
+
+from .cli import atomic_write
 
 
 def write_csv(rows, path, index="epoch"):
@@ -13,9 +14,8 @@ def write_csv(rows, path, index="epoch"):
     df = pd.DataFrame(rows)
     if index in df.columns:
         df = df.set_index(index)
-    tmp = f"{path}.tmp"
-    df.to_csv(tmp, index_label=index)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        df.to_csv(tmp, index_label=index)
     return df
 
 
@@ -110,10 +110,9 @@ def runs_figure(runs, title=None, columns=None, names=None, x="epoch"):
 def save_figure(fig, png_path, dpi=100):
     """Saves ``fig`` atomically and closes it."""
     import matplotlib.pyplot as plt
-    tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=dpi)
+    with atomic_write(png_path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 def plot_runs(runs, png_path, title=None, columns=None, names=None, x="epoch"):

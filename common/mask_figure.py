@@ -1,8 +1,9 @@
 """The figure people look at to see what a learnable Mixer does: for a few samples, the anchor image, its
 partner, the partner's per-pixel weight (the mask) and the resulting mixture, side by side."""
-import os
 
 import torch
+
+from .cli import atomic_write
 
 
 def _displayable(images, mean=None, std=None):
@@ -57,8 +58,7 @@ def save_mask_figure(path, anchor, partner, mask, mixed, lam=None, mean=None, st
         head += f"  (λ = {float(lam):.2f})"
     fig.suptitle(head, fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -13,14 +13,15 @@ import collections
 import os
 import shutil
 import signal
-import tempfile
 from pathlib import Path
+
+from .cli import atomic_write
 
 KILL_ENV = "UNMIX_TEST_KILL_AFTER"
 _hits = collections.Counter()
 
-# what the atomic writers leave while writing: save_atomic's ".tmp-*", the CSV/JSON/pickle writers' "*.tmp",
-# the plots' "*.tmp.png"
+# what an atomic write leaves while writing: common.cli.atomic_write's ".tmp-*"; "*.tmp" and "*.tmp.png" are
+# what the CSV/JSON/pickle writers and the plots of earlier versions left
 PARTIAL_PATTERNS = (".tmp-*", "*.tmp", "*.tmp.png")
 
 
@@ -56,16 +57,5 @@ def remove_partial_files(*folders):
 
 def copy_atomic(src, dst):
     """Copies ``src`` to ``dst`` through a temporary file in ``dst``'s folder and a rename."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=dst.suffix, dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_write(dst) as tmp:
         shutil.copyfile(src, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it (mkstemp makes it 0600)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

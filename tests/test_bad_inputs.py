@@ -13,6 +13,7 @@ from PIL import Image
 from test_safety import script
 from fakedata import make_cifar, make_image_folder
 from common import checkpoint as C
+from common import cli
 from common import data as D
 from common.cli import CLIError, prepare_output_dir, run_main
 
@@ -96,10 +97,10 @@ def test_save_atomic_full_or_read_only_disk_keeps_the_previous_checkpoint(tmp_pa
         C.save_atomic({"epoch": 2}, path)
     monkeypatch.undo()
 
-    def read_only(d):
-        raise OSError(errno.EROFS, "Read-only file system", os.path.join(d, ".tmp-x.pth"))
+    def read_only(d, suffix):
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(d, ".tmp-x" + suffix))
 
-    monkeypatch.setattr(C, "_create_temp", read_only)
+    monkeypatch.setattr(cli, "_create_temp", read_only)  # the temp file of every atomic write
     with pytest.raises(CLIError, match=rf"cannot write {path}: Read-only file system.*intact"):
         C.save_atomic({"epoch": 2}, path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["model_last.pth"]  # no temp file left

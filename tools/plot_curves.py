@@ -20,7 +20,6 @@ each run's curve. Labels containing
 "mix" are drawn solid and the others dashed, so baseline vs Un-Mix reads as in the paper's Figure 2.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from common.cli import CLIError, HelpFormatter, atomic_write, run_main  # noqa: E402
 from common.safepickle import read_pandas_pickle  # noqa: E402
 from tools import check_output  # noqa: E402
 
@@ -161,9 +160,8 @@ def main(argv=None):
         panel, label, path = parse_run(spec)
         runs.append((panel, label, load_run(path)))
     fig = figure(runs, args.title)
-    tmp = f"{args.out}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, args.out)
+    with atomic_write(args.out) as tmp:
+        fig.savefig(tmp, dpi=100)
     print(f"wrote {args.out} ({len(runs)} runs, {len(set(r[0] for r in runs))} panels)")
 
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import pandas as pd
 
-from common.cli import CLIError
+from common.cli import CLIError, atomic_write
 from common.safepickle import read_pandas_pickle
 
 
@@ -89,12 +89,10 @@ class PDStats:
         return pd.DataFrame(self.rows, columns=self.columns)
 
     def _write(self):
-        tmp = f"{self.path}.tmp"
-        self.stats.to_pickle(tmp)
-        os.replace(tmp, self.path)
-        csv = os.path.splitext(self.path)[0] + ".csv"
-        self.stats.to_csv(f"{csv}.tmp", index=False)
-        os.replace(f"{csv}.tmp", csv)
+        with atomic_write(self.path) as tmp:
+            self.stats.to_pickle(tmp)
+        with atomic_write(os.path.splitext(self.path)[0] + ".csv") as tmp:
+            self.stats.to_csv(tmp, index=False)
 
 
 def rows_before(path, columns, epoch):
@@ -119,10 +117,8 @@ def initialize_exp(args, *columns, rank=0, rows=(), name="swav", console="stdout
     args.dump_checkpoints = os.path.join(dump, "checkpoints")
     if rank == 0:
         os.makedirs(args.dump_checkpoints, exist_ok=True)
-        tmp = os.path.join(dump, "params.pkl.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(os.path.join(dump, "params.pkl")) as tmp, open(tmp, "wb") as f:
             pickle.dump(args, f)
-        os.replace(tmp, os.path.join(dump, "params.pkl"))
     stats = PDStats(os.path.join(dump, f"stats{rank}.pkl"), columns, rows)
     logger = create_logger(os.path.join(dump, "train.log"), rank=rank, name=name, console=console)
     logger.info("============ Initialized logger ============")
