@@ -40,6 +40,8 @@ from UnMix_SimCLR_BYOL.methods import build_model  # noqa: E402
 from UnMix_SimCLR_BYOL.plot_figure2 import plot_runs  # noqa: E402
 
 CHECKPOINT = "model_last.pth"
+# what the NaN guard suggests when the loss diverges
+HINT = "lower the learning rate (--lr), raise SimCLR's temperature (--tau), or try without --amp"
 HTDT_NAME = {"simclr": "contrastive", "byol": "byol"}  # htdt's --method names, used in its snapshot file names
 
 
@@ -169,7 +171,7 @@ def train_epoch(model, loader, optimizer, scaler, epoch, step, args, device):
         tau = model.step(progress)  # BYOL's target EMA after every optimizer step
         step += 1
         losses.append(loss.item())  # read every step for the progress bar anyway: the NaN guard costs no sync
-        check_loss(losses[-1], epoch + 1, i)
+        check_loss(losses[-1], epoch + 1, i, HINT)
         bases.append(base.item())
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", lr=f"{lr:.2e}")
     return float(np.mean(losses)), float(np.mean(bases)), lr, tau, step
@@ -282,7 +284,7 @@ def main(argv=None):
         ckpt = {"epoch": epoch + 1, "step": step, "state_dict": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": get_rng_state(),
                 "log": log_rows, "args": vars(args)}
-        check_finite_state(ckpt, epoch + 1, results_dir / CHECKPOINT)
+        check_finite_state(ckpt, epoch + 1, results_dir / CHECKPOINT, HINT)
         save_atomic(ckpt, results_dir / CHECKPOINT)
         kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
         if args.save_every and (epoch + 1) % args.save_every == 0:  # htdt's file name and content

@@ -19,7 +19,9 @@ import torch
 
 from .cli import CLIError
 
-HINT = "lower the learning rate, raise the temperature, or try without --amp"
+# what to try, by default; each training script passes its own options (e.g. "lower --lr, raise --moco-t, or try
+# without --amp")
+HINT = "lower the learning rate"
 
 
 class NonFiniteError(CLIError):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fakedata import make_cifar
+from test_swav_eval import imagenet_like  # noqa: F401  (a fixture)
 from common.guard import NonFiniteError, NonFiniteFlag, check_finite_state, check_loss
 
 
@@ -77,3 +78,23 @@ def test_swav_linear_evaluation_writes_no_checkpoint(cifar16, tmp_path):
         linear.main("cifar", ["--data_path", str(cifar16), "--workers", "0", "--batch_size", "8", "--dump_path",
                               str(lin), "--epochs", "2", "--lr", "1e30", "--final_lr", "1e30"])
     assert not (lin / "checkpoint.pth.tar").exists()
+
+
+def test_byol_from_scratch_writes_no_checkpoint(cifar16, tmp_path):
+    from UnMix_SimCLR_BYOL import main_unmix
+    run = tmp_path / "byol"
+    with pytest.raises(NonFiniteError, match=r"non-finite loss .* at epoch 1, step .*\(--lr\)"):
+        main_unmix.main(["--method", "byol", "--data", str(cifar16), "--results-dir", str(run), "--epochs", "2",
+                         "--batch-size", "8", "--crop-size", "16", "--warmup-iters", "0", "--emb", "8",
+                         "--head-size", "16", "--probe-epochs", "0", "--workers", "0", "--seed", "0", "--lr", "1e30"])
+    assert not list(run.glob("*.pt*"))  # neither model_last.pth nor a snapshot
+
+
+def test_swav_semisup_fine_tuning_writes_no_checkpoint(imagenet_like, tmp_path):
+    from UnMix_SwAV.swav import semisup
+    semi = tmp_path / "semi"
+    with pytest.raises(NonFiniteError, match="non-finite loss .*lower --lr"):
+        semisup.main(["--data_path", str(imagenet_like), "--labels_perc", "1", "--arch", "resnet18", "--crop_size",
+                      "32", "--val_resize", "36", "--pretrained", "", "--dump_path", str(semi), "--epochs", "2",
+                      "--workers", "0", "--batch_size", "3", "--lr", "1e30", "--lr_last_layer", "1e30"])
+    assert not (semi / "checkpoint.pth.tar").exists()

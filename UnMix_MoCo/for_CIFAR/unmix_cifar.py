@@ -41,6 +41,8 @@ from common.moco import contrastive_logits, dequeue_and_enqueue, freeze_copy, mo
 from common.utils import amp_dtype, seed_everything, worker_count  # noqa: E402
 
 CHECKPOINT = "model_last.pth"
+# what the NaN guard suggests when the loss diverges
+HINT = "lower the learning rate (--lr), raise the temperature (--moco-t), or try without --amp"
 # per-session options; every other option of a resumed run comes from its checkpoint unless given again
 SESSION_ARGS = {"resume", "results_dir", "unsafe_load"}
 
@@ -330,7 +332,7 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device):
         scaler.step(optimizer)
         scaler.update()
         value = loss.item()  # read every step for the progress bar anyway: the NaN guard costs no extra sync
-        check_loss(value, epoch, step)
+        check_loss(value, epoch, step, HINT)
         total_num += im_1.size(0)
         total_loss += value * im_1.size(0)
         bar.set_description(f"Train Epoch: [{epoch}/{args.epochs}], lr: {lr:.6f}, Loss: {total_loss / total_num:.4f}")
@@ -470,7 +472,7 @@ def main(dataset="cifar10", argv=None):
         log_rows.append({"epoch": epoch, "train_loss": train_loss, "test_acc@1": test_acc})
         ckpt = {"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "rng": get_rng_state(), "log": log_rows, "args": vars(args)}
-        check_finite_state(ckpt, epoch, results_dir / CHECKPOINT)
+        check_finite_state(ckpt, epoch, results_dir / CHECKPOINT, HINT)
         save_atomic(ckpt, results_dir / CHECKPOINT)
         kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
         write_log(log_rows, results_dir)

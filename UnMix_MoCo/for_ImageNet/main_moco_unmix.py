@@ -49,6 +49,8 @@ from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_
                                                       module_state_dict, parse_args)
 
 LOG_NAME = "log.csv"
+# what the NaN guard suggests when the loss diverges
+HINT = "lower the learning rate (--lr), raise the temperature (--moco-t), or try without --amp"
 
 
 # per-session options (output, launcher, logging); every other option of a resumed run comes from its checkpoint
@@ -147,7 +149,7 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, device, lo
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
         n = im_q.size(0)
         meters["loss"].update(loss.item(), n)  # read every step anyway: the NaN guard costs no extra sync
-        check_loss(meters["loss"].val, epoch, i)
+        check_loss(meters["loss"].val, epoch, i, HINT)
         for k, v in parts.items():
             if k in meters:
                 meters[k].update(v, n)
@@ -242,7 +244,7 @@ def main_worker(local_index, args, plan):
                     "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows,
                     **({"scaler": scaler.state_dict()} if scaler is not None else {}),
                     "args": vars(args)}
-            check_finite_state(ckpt, epoch, path)
+            check_finite_state(ckpt, epoch, path, HINT)
             save_atomic(ckpt, path)
             kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
             write_log(rows, out)
