@@ -7,10 +7,16 @@
 #     bash bench/gpu_check.sh              # from the repository root; writes gpu_check/ (logs + summary.txt)
 #     GPU_CHECK_OUT=/tmp/x bash bench/gpu_check.sh
 #     GPU_CHECK_DRY=1 bash bench/gpu_check.sh   # the same commands on a CPU, tiny sizes: checks the script itself
+#     GPU_CHECK_PACK=1 ...                      # leave only summary.txt and logs.tar.gz (the logs and junit XML)
+#     GPU_CHECK_PYTHON=/path/to/python ...      # the interpreter (default: python3, else python)
+#
+# It runs under the GPU machine's own interpreter and packages, which may be older than requirements.txt's pins:
+# the first step prints their versions and stops in one line if a module the checks import is missing.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${GPU_CHECK_OUT:-gpu_check}
 mkdir -p "$OUT"
+PY=${GPU_CHECK_PYTHON:-$(command -v python3 || command -v python)}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 start=$(date +%s)
 
@@ -20,48 +26,62 @@ if [ "$DRY" = 1 ]; then
     SIZE=(--batch-size 32 --batches 2 --repeats 1)
     E2E=(--e2e-steps 1 --e2e-batch 8)
     MOCO=(--batch-size 16 --steps 1 --warmup 0)
+    SAMIX=(--batch-size 8 --steps 1 --warmup 0)
     BUDGET=3000
 else
     SIZE=(--repeats 3 --batches 6)
     E2E=(--e2e-steps 5 --amp)
     MOCO=(--batch-size 512 --steps 5)
+    SAMIX=(--batch-size 100 --steps 10)
     BUDGET=450  # seconds for tests + benchmarks; the start and the table add well under a minute
 fi
 left() { echo $(( start + BUDGET - $(date +%s) )); }
 limit() { local t; t=$(left); [ "$t" -gt "$1" ] && t=$1; [ "$t" -lt 5 ] && t=5; echo "$t"; }
 
-DRY=$DRY python - <<'EOF' | tee "$OUT/device.txt"
-import os, torch
+DRY=$DRY "$PY" - <<'EOF' | tee "$OUT/device.txt"
+import importlib, os, platform, sys
+missing = []
+for name in ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "tqdm", "PIL", "pytest"):
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        missing.append(name)
+if missing:
+    raise SystemExit(f"gpu_check: {', '.join(missing)} cannot be imported by {sys.executable}; install them "
+                     "(pip install -r requirements-test.txt) or set GPU_CHECK_PYTHON")
+import torch, torchvision
+versions = f"Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}"
 if os.environ["DRY"] == "1":
-    print(f"dry run on the CPU, torch {torch.__version__}")
+    print(f"dry run on the CPU, {versions}")
     raise SystemExit
 if not torch.cuda.is_available():
     raise SystemExit("gpu_check: no CUDA device visible to torch; nothing to check")
 p = torch.cuda.get_device_properties(0)
-print(f"{p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+print(f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {versions}, CUDA {torch.version.cuda}, "
       f"cuDNN {torch.backends.cudnn.version()}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
 EOF
 [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
 
 # 1. the CUDA tests (each runs its entry point as a subprocess on GPU 0)
-timeout "$(limit 300)" python -m pytest -q -m cuda tests/test_cuda.py -rA --durations=0 \
+timeout "$(limit 300)" "$PY" -m pytest -q -m cuda tests/test_cuda.py -rA --durations=0 \
     --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
 
 # 2. the benchmarks, each with a time limit
-timeout "$(limit 100)" python bench/bench_data.py --pipeline moco "${SIZE[@]}" "${E2E[@]}" 2>&1 \
+timeout "$(limit 100)" "$PY" bench/bench_data.py --pipeline moco "${SIZE[@]}" "${E2E[@]}" 2>&1 \
     | tee "$OUT/bench_data_moco.txt"
-timeout "$(limit 30)" python bench/bench_data.py --pipeline simclr "${SIZE[@]}" --e2e-steps 0 2>&1 \
+timeout "$(limit 30)" "$PY" bench/bench_data.py --pipeline simclr "${SIZE[@]}" --e2e-steps 0 2>&1 \
     | tee "$OUT/bench_data_simclr.txt"
-timeout "$(limit 30)" python bench/bench_data.py --pipeline swav "${SIZE[@]}" --e2e-steps 0 2>&1 \
+timeout "$(limit 30)" "$PY" bench/bench_data.py --pipeline swav "${SIZE[@]}" --e2e-steps 0 2>&1 \
     | tee "$OUT/bench_data_swav.txt"
-timeout "$(limit 45)" python bench/bench_moco_cifar.py "${MOCO[@]}" 2>&1 | tee "$OUT/bench_moco_cifar.txt"
+timeout "$(limit 45)" "$PY" bench/bench_moco_cifar.py "${MOCO[@]}" 2>&1 | tee "$OUT/bench_moco_cifar.txt"
+timeout "$(limit 45)" "$PY" bench/bench_samix.py "${SAMIX[@]}" 2>&1 | tee "$OUT/bench_samix.txt"
 for b in bench/*.py; do  # benchmarks added later, with their defaults
-    case "$b" in bench/bench_data.py|bench/bench_moco_cifar.py) continue ;; esac
-    timeout "$(limit 45)" python "$b" 2>&1 | tee "$OUT/$(basename "$b" .py).txt"
+    case "$b" in bench/bench_data.py|bench/bench_moco_cifar.py|bench/bench_samix.py) continue ;; esac
+    timeout "$(limit 45)" "$PY" "$b" 2>&1 | tee "$OUT/$(basename "$b" .py).txt"
 done
 
 # 3. one summary table
-python - "$OUT" "$start" <<'EOF' | tee "$OUT/summary.txt"
+"$PY" - "$OUT" "$start" <<'EOF' | tee "$OUT/summary.txt"
 import glob, os, re, sys, time
 import xml.etree.ElementTree as ET
 out, start = sys.argv[1], int(sys.argv[2])
@@ -75,7 +95,8 @@ if os.path.isfile(xml):
 else:
     rows.append(("CUDA tests", "FAIL", "no junit file (pytest did not run)"))
 keys = ("device / PIL", "epoch-time ratio", "training step / device data path", "PIL path", "pil ", "device ",
-        "Un-Mix single encoding", "Un-Mix two passes", "single encoding")
+        "Un-Mix single encoding", "Un-Mix two passes", "single encoding", "step time", "NaN guard", "samix /",
+        "automix /")
 for f in sorted(glob.glob(os.path.join(out, "bench_*.txt"))):
     name = os.path.basename(f)[:-4]
     text = open(f).read()
@@ -92,4 +113,9 @@ fails = sum(r[1] == "FAIL" for r in rows)
 print(f"\n{fails} failure(s)")
 sys.exit(1 if fails else 0)
 EOF
-exit "${PIPESTATUS[0]}"
+status=${PIPESTATUS[0]}
+if [ "${GPU_CHECK_PACK:-0}" = 1 ]; then
+    (cd "$OUT" && tar czf logs.tar.gz --exclude summary.txt --exclude logs.tar.gz -- * \
+        && find . -maxdepth 1 -type f ! -name summary.txt ! -name logs.tar.gz -delete)
+fi
+exit "$status"
