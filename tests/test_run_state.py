@@ -60,6 +60,8 @@ def test_recorded_settings_are_adopted_and_overrides_named_on_one_line(capsys):
 # title is the folder, can be compared byte for byte.
 
 import hashlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -107,16 +109,16 @@ def same_tensors(x, y, what=""):
         assert x == y or (x != x and y != y), (what, x, y)  # NaN == NaN here (a kNN left out)
 
 
-def killed_then_resumed(tmp_path, cmd, resume_cmd, env_full=None):
+def killed_then_resumed(tmp_path, cmd, resume_cmd, env_full=None, run=run_script):
     """Runs ``cmd`` straight (in full/) and killed after its checkpoint (in part/), then ``resume_cmd`` in part/."""
     full, part = tmp_path / "full", tmp_path / "part"
     full.mkdir()
     part.mkdir()
-    run_script(cmd, cwd=full, env=env_full)
-    p = run_script(cmd, cwd=part, env=KILLED, check=False)
+    run(cmd, cwd=full, env=env_full)
+    p = run(cmd, cwd=part, env=KILLED, check=False)
     assert p.returncode != 0, "the test hook did not kill the run"
     (part / "run" / ".tmp-abcd1234.pth").write_bytes(b"a partial write")  # as a kill inside save_atomic leaves
-    run_script(resume_cmd, cwd=part)
+    run(resume_cmd, cwd=part)
     assert not list((part / "run").glob(".tmp-*")), "partial files were not removed"
     return full / "run", part / "run"
 
@@ -151,6 +153,41 @@ def test_moco_cifar_kill_between_checkpoint_and_log(cifar16, tmp_path):
     after = digests(part)
     assert {k: after[k] for k in before if k.name != "args.json"} == {k: v for k, v in before.items()
                                                                      if k.name != "args.json"}
+
+
+def two_processes(cmd, cwd, env=None, check=True):
+    """``python <cmd>`` as ranks 0 and 1 of one gloo group, started with the variables torchrun gives its workers
+    (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) but without its agent process (a torch import less per
+    run; test_samix_moco.py runs the demo under torchrun itself). As under torchrun, rank 0's end (the test hook's
+    kill -9) ends rank 1. Returns rank 0's CompletedProcess."""
+    env, port = env or script_env(), str(free_port())
+    procs = [subprocess.Popen([sys.executable, *map(str, cmd)], cwd=cwd, text=True, stdout=subprocess.PIPE if r == 0
+                              else subprocess.DEVNULL, stderr=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for r in (0, 1)]
+    out, err = procs[0].communicate(timeout=300)
+    if procs[0].returncode:
+        procs[1].kill()
+    procs[1].wait(timeout=60)
+    p = subprocess.CompletedProcess(cmd, procs[0].returncode or procs[1].returncode, out, err)
+    assert not check or p.returncode == 0, f"{cmd} exited {p.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    return p
+
+
+def test_moco_cifar_two_processes_kill_after_epoch_1_resumes_bit_exactly(cifar16, tmp_path):
+    """2 gloo processes: every process continues from its own RNG state (augmentations, the shuffle-BN
+    permutation and the Un-Mix draws differ per process), so the resumed run ends as the uninterrupted one."""
+    c10 = ROOT / "UnMix_MoCo/for_CIFAR/unmix_c10.py"
+    cmd = [c10, "--data", cifar16, "--results-dir", "run", "--epochs", "2", "--no-cos", "--seed", "0",
+           "--batch-size", "8", "--bn-splits", "2", "--moco-k", "16", "--image-size", "16", "--workers", "0",
+           "--knn-k", "4"]  # --no-cos: a constant lr, epoch 2 really trains (the cosine's lr would be 0)
+    resume = [c10, "--resume", "run/model_last.pth", "--results-dir", "run"]
+    full, part = killed_then_resumed(tmp_path, cmd, resume, run=two_processes)
+    same_bytes(full, part, "log.csv", "curves.png")
+    a, b = load(full / "model_last.pth"), load(part / "model_last.pth")
+    assert a["epoch"] == b["epoch"] == 2 and len(a["rng_states"]) == 2
+    for k in ("state_dict", "optimizer", "log", "rng_states"):
+        same_tensors(a[k], b[k], k)
 
 
 def test_simclr_kill_before_the_snapshot_and_log(cifar16, tmp_path):

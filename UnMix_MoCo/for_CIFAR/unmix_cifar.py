@@ -26,8 +26,8 @@ from torchvision import transforms  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common import data as D  # noqa: E402
-from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
-                               set_rng_state)
+from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
+                               restore_rng_states, save_atomic, set_rng_state)
 from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, adopt_recorded_args,  # noqa: E402
                         prepare_output_dir, save_args)
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
@@ -444,7 +444,9 @@ def main(dataset="cifar10", argv=None):
             scaler.load_state_dict(ckpt["scaler"])
         epoch_start = ckpt["epoch"] + 1
         log_rows = ckpt.get("log", [])
-        if "rng" in ckpt:
+        if "rng_states" in ckpt:  # one state per process
+            restore_rng_states(ckpt["rng_states"], rank, world)
+        elif "rng" in ckpt:  # a checkpoint written before: process 0's state only, restored in every process
             set_rng_state(ckpt["rng"])
         else:
             warnings.warn("checkpoint has no RNG state (an upstream checkpoint?): training continues, "
@@ -461,17 +463,19 @@ def main(dataset="cifar10", argv=None):
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_loss = train_epoch(net, train_loader, optimizer, scaler, epoch, args, device)
-        if rank != 0:  # DDP: process 0 monitors, logs and saves; the others wait for it
-            barrier()
-            continue
         test_acc = float("nan")
-        if epoch % args.knn_every == 0 or epoch == args.epochs:
+        if rank == 0 and (epoch % args.knn_every == 0 or epoch == args.epochs):  # DDP: process 0 monitors
             test_acc = knn_accuracy(model.encoder_q, memory_loader, test_loader, device, args.knn_k, args.knn_t,
                                     desc=f"Test Epoch: [{epoch}/{args.epochs}]")
             print(f"Test Epoch: [{epoch}/{args.epochs}] Acc@1:{test_acc:.2f}%")
+        # every process's RNG state (a collective), taken after the kNN monitor's draws (its DataLoaders')
+        rng_states = gather_rng_states()
+        if rank != 0:  # DDP: process 0 logs and saves; the others wait for it
+            barrier()
+            continue
         log_rows.append({"epoch": epoch, "train_loss": train_loss, "test_acc@1": test_acc})
         ckpt = {"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "rng": get_rng_state(), "log": log_rows, "args": vars(args)}
+                "scaler": scaler.state_dict(), "rng_states": rng_states, "log": log_rows, "args": vars(args)}
         check_finite_state(ckpt, epoch, results_dir / CHECKPOINT, HINT)
         save_atomic(ckpt, results_dir / CHECKPOINT)
         kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
