@@ -4,7 +4,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -52,18 +51,11 @@ def run_script(args, cwd=None, check=True, timeout=600, env=None):
     return p
 
 
-def kill_9_when(args, ready, timeout=300):
-    """Starts ``python <args>`` like :func:`run_script`, polls ``ready()`` and sends SIGKILL once it is true
-    (or the process ended, or ``timeout`` passed); waits for the process."""
-    cmd = [sys.executable] + [str(a) for a in args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if ready():
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+def kill_9_after(point, args, n=1):
+    """Runs ``python <args>`` like :func:`run_script`, killed (SIGKILL, as ``kill -9``) the ``n``-th time it
+    reaches ``common.runstate.kill_point(point)``, e.g. ``"checkpoint"``: right after a checkpoint is written."""
+    p = run_script(args, env=script_env(UNMIX_TEST_KILL_AFTER=f"{point}:{n}"), check=False)
+    assert p.returncode == -signal.SIGKILL, f"not killed at {point} #{n}: exit {p.returncode}\n{p.stderr[-3000:]}"
 
 
 def assert_clean_error(p, *fragments):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from conftest import kill_9_when, run_script
+from conftest import kill_9_after, run_script
 from common.data import TwoCrops, cifar
 from common.device_aug import DeviceLoader
 from fakedata import make_cifar
@@ -30,8 +30,7 @@ def test_moco_device_aug_kill_9_then_resume_is_bit_identical(small_c10, tmp_path
     full, part = tmp_path / "full", tmp_path / "part"
     assert USED in train(C10, small_c10, full, *DEVICE, epochs=2).stdout
     ck = part / "model_last.pth"
-    kill_9_when([C10, "--data", small_c10, "--results-dir", part, "--epochs", 2, *TINY, *DEVICE],
-                     lambda: ck.exists() and state(ck)["epoch"] >= 1)
+    kill_9_after("checkpoint", [C10, "--data", small_c10, "--results-dir", part, "--epochs", 2, *TINY, *DEVICE])
     assert state(ck)["epoch"] == 1, "the run was not interrupted after its first epoch"
     run_script([C10, "--data", small_c10, "--resume", ck, "--epochs", 2, *TINY, *DEVICE])
     a, b = state(full / "model_last.pth"), state(ck)

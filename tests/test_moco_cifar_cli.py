@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, assert_epoch_lines, kill_9_when, run_script
+from conftest import ROOT, assert_clean_error, assert_epoch_lines, kill_9_after, run_script
 
 C10 = "UnMix_MoCo/for_CIFAR/unmix_c10.py"
 C100 = "UnMix_MoCo/for_CIFAR/unmix_c100.py"
@@ -73,11 +73,9 @@ def test_kill_9_then_resume_matches_uninterrupted_run(cifar10_root, tmp_path):
     epochs = 2
     full = tmp_path / "full"
     train(C10, cifar10_root, full, epochs=epochs)
-    # interrupted run: SIGKILL as soon as epoch 1's checkpoint exists (training epoch 2, or writing it)
+    # interrupted run: SIGKILL right after epoch 1's checkpoint is written
     part = tmp_path / "part"
-    ck = part / "model_last.pth"
-    kill_9_when([C10, "--data", cifar10_root, "--results-dir", part, "--epochs", epochs, *TINY],
-                lambda: ck.exists() and state(ck)["epoch"] >= 1)
+    kill_9_after("checkpoint", [C10, "--data", cifar10_root, "--results-dir", part, "--epochs", epochs, *TINY])
     killed_at = state(part / "model_last.pth")["epoch"]
     assert killed_at < epochs, "run finished before it could be killed"
     # resuming without --resume is refused; with it the run continues exactly

@@ -90,7 +90,7 @@ def test_byol_from_scratch_writes_no_checkpoint(cifar16, tmp_path):
     assert not list(run.glob("*.pt*"))  # neither model_last.pth nor a snapshot
 
 
-def test_swav_semisup_fine_tuning_writes_no_checkpoint(imagenet_like, tmp_path):
+def test_swav_semisup_fine_tuning_writes_no_checkpoint(imagenet_like, tmp_path):  # noqa: F811
     from UnMix_SwAV.swav import semisup
     semi = tmp_path / "semi"
     with pytest.raises(NonFiniteError, match="non-finite loss .*lower --lr"):

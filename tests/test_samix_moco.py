@@ -182,7 +182,7 @@ def test_mix_option_and_its_no_unmix_alias():
 
 
 # ---------------------------------------------------------------------------------------------------- as a user
-from conftest import assert_clean_error, kill_9_when, run_script  # noqa: E402
+from conftest import assert_clean_error, kill_9_after, run_script  # noqa: E402
 
 C10 = "UnMix_MoCo/for_CIFAR/unmix_c10.py"
 TINY = ["--batch-size", "16", "--bn-splits", "2", "--moco-k", "32", "--image-size", "16", "--workers", "0",
@@ -206,8 +206,7 @@ def test_samix_run_outputs_and_exact_resume_after_kill_9(cifar10_root, tmp_path)
     assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == n_params  # the Mixer is in the optimizer
 
     ckpt = part / "model_last.pth"
-    kill_9_when([C10, "--data", cifar10_root, "--results-dir", part, "--epochs", 2, *tiny],
-                lambda: ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 1)
+    kill_9_after("checkpoint", [C10, "--data", cifar10_root, "--results-dir", part, "--epochs", 2, *tiny])
     assert torch.load(ckpt, weights_only=False)["epoch"] < 2, "run finished before it could be killed"
     run_script([C10, "--data", cifar10_root, "--resume", part / "model_last.pth", "--epochs", 2, *tiny])
     a, b = torch.load(full / "model_last.pth", weights_only=False), torch.load(part / "model_last.pth",

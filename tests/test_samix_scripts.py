@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, assert_epoch_lines, kill_9_when, run_script
+from conftest import ROOT, assert_clean_error, assert_epoch_lines, kill_9_after, run_script
 from common.cli import CLIError
 from common.dist import free_port
 
@@ -34,11 +34,10 @@ def test_samix_outputs_and_kill_9_resume_is_exact(cifar10_root, tmp_path):
     ckpt = torch.load(full / "latest.pth", weights_only=True)  # plain tensors, numbers and strings only
     assert any(k.startswith("mixer.") for k in ckpt["state_dict"]) and ckpt["args"]["eta"] == 0.5
 
-    # the same run killed (SIGKILL) once its first checkpoint exists, then resumed
+    # the same run killed (SIGKILL) right after its first checkpoint is written, then resumed
     part = tmp_path / "part"
-    ck = part / "latest.pth"
-    kill_9_when([SCRIPT, "--dataset", "cifar10", "--data", cifar10_root, "--output-dir", part, "--epochs", 2, *TINY],
-                lambda: ck.exists() and state(ck)["epoch"] >= 1)
+    kill_9_after("checkpoint", [SCRIPT, "--dataset", "cifar10", "--data", cifar10_root, "--output-dir", part,
+                                "--epochs", 2, *TINY])
     assert state(part / "latest.pth")["epoch"] < 2, "the run finished before it could be killed"
     assert_clean_error(train(cifar10_root, part, check=False), "--resume")
     # the settings come from the checkpoint: --resume alone continues the run
