@@ -15,12 +15,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torchvision
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from .cli import CLIError
-from .safepickle import load_pickle
+from .safepickle import NUMPY, load_pickle
 
 # Normalisation used by the official CIFAR code for *both* CIFAR-10 and CIFAR-100 (upstream quirk).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -36,12 +37,35 @@ CIFAR_URL = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz
 
 
 class _LocalCheck:
-    """Treats CIFAR batch files that exist as present.
+    """torchvision's CIFAR data set, reading its pickle files without running code from them.
 
-    torchvision's integrity check compares the md5 of every batch file, which rejects CIFAR-format
-    subsets (e.g. the tiny datasets the tests build). The archive's md5 is still checked when
-    torchvision downloads it.
+    torchvision reads the batch files with plain ``pickle.load``, which runs any code a file holds; here they are
+    read with the restricted unpickler (NumPy arrays and plain containers only), so a CIFAR folder from
+    elsewhere is data, not code. CIFAR batch files that exist count as present: torchvision's integrity check
+    compares the md5 of every batch file, which rejects CIFAR-format subsets (e.g. the tiny data sets the tests
+    build); the archive's md5 is still checked when torchvision downloads it.
     """
+    # what a CIFAR batch file holds: NumPy arrays (Python 2 pickles), bytes as Python 3's protocol 2 writes them
+    BATCH_GLOBALS = NUMPY | {"_codecs.encode"}
+
+    def __init__(self, root, train=True, transform=None, target_transform=None, download=False):
+        # torchvision's CIFAR10.__init__, step for step, with the batch files read by load_pickle
+        torchvision.datasets.VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train = train
+        if download:
+            self.download()
+        if not self._check_integrity():
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        data, self.targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            path = os.path.join(self.root, self.base_folder, name)
+            entry = load_pickle(path, self.BATCH_GLOBALS, what="CIFAR batch file", encoding="latin1")
+            if not isinstance(entry, dict) or "data" not in entry:
+                raise CLIError(f"{path} is not a CIFAR batch file (no 'data')")
+            data.append(entry["data"])
+            self.targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
+        self._load_meta()
 
     def _check_integrity(self):
         root = os.path.join(self.root, self.base_folder)

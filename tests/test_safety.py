@@ -5,6 +5,7 @@ Namespace) still loads; ``--unsafe-load`` is the only way to open such a file.""
 import argparse
 import builtins
 import importlib.util
+import io
 import os
 import pickle
 
@@ -222,5 +223,55 @@ def test_cifar_meta_is_read_without_running_code(tmp_path):
     with open(meta, "wb") as fh:
         pickle.dump({"label_names": Payload(marker)}, fh)
     with pytest.raises(CLIError, match="refused to read .*batches.meta"):
+        cifar("cifar10", root, train=True, download=False)
+    assert not marker.exists()
+
+
+class Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 wrote its ``str`` (SHORT_BINSTRING / BINSTRING opcodes, no ``_codecs``), as in
+    the released CIFAR batch files (cPickle, protocol 2)."""
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_bytes(self, obj):
+        n = len(obj)
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256 else
+                   pickle.BINSTRING + n.to_bytes(4, "little") + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def python2_pickle(obj, path):
+    buf = io.BytesIO()
+    Python2Pickler(buf, protocol=2).dump(obj)
+    # NumPy 1.x's module name, as the 2009 files have it (protocol 2 names globals in text)
+    path.write_bytes(buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+
+
+def test_cifar_batches_are_read_without_running_code_in_the_released_layout(tmp_path):
+    from common.data import cifar
+    root = make_cifar(tmp_path / "c", "cifar10", n_train=10, n_test=4)
+    folder = next((tmp_path / "c").rglob("cifar-10-batches-py"))
+    # the released files: Python 2 pickles of {'batch_label', 'labels', 'data', 'filenames'}, keys and names as
+    # Python 2 str (bytes here), data a uint8 array of rows of 3072 values (R, G, B planes of 32 x 32)
+    rng = np.random.RandomState(1)
+    expected = []
+    for i in range(1, 6):
+        data = rng.randint(0, 256, size=(2, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.randint(0, 10, size=2)]
+        python2_pickle({b"batch_label": b"training batch %d of 5" % i, b"labels": labels, b"data": data,
+                        b"filenames": [b"img_%d.png" % k for k in range(2)]}, folder / f"data_batch_{i}")
+        expected.append((data, labels))
+    assert b"numpy.core.multiarray\n_reconstruct" in (folder / "data_batch_1").read_bytes()
+    ds = cifar("cifar10", root, train=True, download=False)
+    data = np.concatenate([d for d, _ in expected])
+    assert ds.targets == [v for _, ls in expected for v in ls]
+    assert np.array_equal(ds.data, data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # pixel (y, x) of plane c
+    assert ds.data[3, 5, 7, 2] == data[3, 2 * 1024 + 5 * 32 + 7]
+    # a batch file whose unpickling would run code is refused in one line, and the code never runs
+    marker = tmp_path / "marker"
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": Payload(marker), "labels": []}, fh)
+    with pytest.raises(CLIError, match="refused to read .*data_batch_3.*exec"):
         cifar("cifar10", root, train=True, download=False)
     assert not marker.exists()
