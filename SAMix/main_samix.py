@@ -464,8 +464,10 @@ def write_curves(rows, path, title):
     plot_runs([(None, df)], path, title=title, columns=cols)
 
 
-# options that describe how this invocation runs, not the run itself: never taken from a checkpoint
-RUNTIME_OPTIONS = {"resume", "output_dir", "workers", "world_size", "rank", "dist_url", "dist_backend", "gpu",
+# options that describe how this invocation runs, not the run itself: never taken from a checkpoint. --workers is
+# not one of them (as in every other script): the worker count changes which augmentation each image gets, so a
+# resume takes the recorded count unless -j N is given again
+RUNTIME_OPTIONS = {"resume", "output_dir", "world_size", "rank", "dist_url", "dist_backend", "gpu",
                    "multiprocessing_distributed", "nproc", "local_rank", "unsafe_load"}
 
 

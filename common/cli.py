@@ -175,7 +175,7 @@ def explicit_options(parser, argv=None):
 def adopt_recorded_args(args, recorded, parser, argv=None, session=(), source="the checkpoint"):
     """Resume with a run's recorded settings: every option in ``recorded`` (the ``vars(args)`` saved with the
     run) that was not written on the command line is taken from it; options given again override it.
-    ``session`` names per-session options (output folder, workers, launcher settings) never taken from it.
+    ``session`` names per-session options (output folder, launcher settings) never taken from it.
 
     Prints one line naming what the command line overrode; returns ``{dest: (given, recorded)}``. Without a
     recorded dict (e.g. an upstream checkpoint) nothing is adopted and ``None`` is returned."""

@@ -137,6 +137,16 @@ def test_resume_takes_the_recorded_settings_names_the_overrides_and_a_nan_never_
     assert line == [f"=> resuming with the settings recorded in {ck}; overridden on the command line: "
                     "--epochs 2 (recorded: 1), --lr 1e+30 (recorded: 0.05)"], out
     assert hashlib.md5(ck.read_bytes()).hexdigest() == before
+    # the worker count is recorded too (it changes which augmentation each image gets): a resume without -j takes
+    # the run's 0, not the default 8; -j given again overrides it (what would be launched, not launched here)
+    import SAMix.main_samix as ms
+    launched = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ms, "launch", lambda worker, args, plan: launched.append(args))
+        main(["--resume", str(ck), "--epochs", "2"])
+        main(["--resume", str(ck), "--epochs", "2", "-j", "3"])
+    assert [a.workers for a in launched] == [0, 3]
+    assert "--epochs 2 (recorded: 1), --workers 3 (recorded: 0)" in capsys.readouterr().out
 
 
 def test_kill_between_checkpoint_and_log_then_resume_rederives_the_log(cifar10_root, tmp_path):
