@@ -173,6 +173,24 @@ def test_resume_continues_exactly_and_runs_are_not_overwritten(full_run, ckpt, s
     assert a["best_acc"] == b["best_acc"] and a["scheduler"] == b["scheduler"]
 
 
+def test_resume_alone_continues_with_the_recorded_settings(full_run, ckpt, small_cifar, tmp_path, capsys):
+    """``--resume true`` with no other option continues the run as it was started (the defaults would be
+    ./cifar10, random weights, batch 32, 20 workers): data, backbone, batch size and workers come from the
+    checkpoint's recorded settings; --epochs given again overrides its record, named on one line."""
+    dump = shutil.copytree(full_run[0], tmp_path / "run")
+    capsys.readouterr()
+    linear.main("cifar", ["--dump_path", str(dump), "--resume", "true", "--epochs", "3"])
+    assert (f"=> resuming with the settings recorded in {dump / 'checkpoint.pth.tar'}; overridden on the command "
+            "line: --epochs 3 (recorded: 2)") in capsys.readouterr().out
+    out = torch.load(dump / "checkpoint.pth.tar", weights_only=False)
+    assert out["epoch"] == 3
+    assert {k: out["args"][k] for k in ("data_path", "pretrained", "batch_size", "workers", "epochs")} == \
+        {"data_path": str(small_cifar), "pretrained": str(ckpt), "batch_size": 8, "workers": 0, "epochs": 3}
+    log = (dump / "train.log").read_text()
+    assert "Epoch[2] - Iter: [0/4]" in log  # the epoch after resume: 32 images in batches of 8
+    assert log.count("Loaded 174 backbone tensors") == 2  # the pretrained backbone again, not random weights
+
+
 def _moco_checkpoint(path):
     m = resnet18(output_dim=0, cifar_stem=True)
     torch.save({"state_dict": {"module.encoder_q." + k: t for k, t in m.state_dict().items()}}, path)
@@ -351,6 +369,15 @@ def test_semisup_fine_tunes_on_the_local_subset(imagenet_like, tmp_path):
         semisup.main(["--data_path", str(imagenet_like), "--subset_file", str(lst), "--arch", "resnet18",
                       "--dump_path", str(tmp_path / "c")])
     assert not any((tmp_path / d).exists() for d in "abc")
+
+    # --resume true alone continues the run with its recorded settings (the defaults would be /path/to/imagenet,
+    # 10%, resnet50, 224 px, batch 32, random weights); --epochs given again overrides its record
+    semisup.main(["--dump_path", str(dump), "--resume", "true", "--epochs", "2"])
+    out = torch.load(dump / "checkpoint.pth.tar", weights_only=False)
+    assert out["epoch"] == 2 and {k: out["args"][k] for k in ("labels_perc", "arch", "crop_size", "batch_size",
+                                                               "pretrained", "epochs")} == \
+        {"labels_perc": "1", "arch": "resnet18", "crop_size": 32, "batch_size": 3, "pretrained": str(ck), "epochs": 2}
+    assert "Epoch[1] - Iter: [0/2]" in (dump / "train.log").read_text()  # 6 labelled images in batches of 3
 
 
 @pytest.mark.parametrize("parser,defaults", [

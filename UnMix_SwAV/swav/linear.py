@@ -11,7 +11,8 @@ only pick the variant (data, defaults, normalisation, stem). Upstream behaviour 
 * ``best_acc`` = the best validation top-1 over epochs, the number upstream reports;
 * dump layout: ``params.pkl``, ``checkpoints/``, ``stats{rank}.pkl``, ``train.log`` and
   ``checkpoint.pth.tar`` = {epoch, state_dict (``module.linear.*``), optimizer, scheduler, best_acc}
-  (extras: ``stats`` and ``rng_states``, every process's stats rows and RNG state, for an exact resume).
+  (extras: ``stats`` and ``rng_states``, every process's stats rows and RNG state, for an exact resume, and
+  ``args``, the run's settings: ``--resume`` continues with them, as pretraining, options given again override).
 
 Fixed (upstream quirks that are bugs, not numbers): pretrained weights are checked key by key and a
 checkpoint that does not match the backbone is refused (upstream's ``strict=False`` silently trained
@@ -30,8 +31,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state)
-from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, bool_flag,
-                        prepare_output_dir)
+from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args,
+                        bool_flag, prepare_output_dir)
 from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
 from common.dist import barrier, cleanup, init_distributed, launcher_env
 from common.guard import check_finite_state, check_loss
@@ -40,7 +41,7 @@ from common.utils import AverageMeter, accuracy, seed_everything, worker_count
 
 from .exp import PDStats, initialize_exp, rows_before
 from .resnet import ARCHS, build
-from .train import add_cifar_data_args, cifar_source, gather_objects
+from .train import SESSION_ARGS, add_cifar_data_args, cifar_source, gather_objects
 
 # Upstream eval_linear (CIFAR) normalises with the true CIFAR-10 std, which differs from the std used
 # in pretraining (0.2023, 0.1994, 0.2010): kept, it produced the published numbers.
@@ -193,14 +194,19 @@ def loader(dataset, batch_size, workers, sampler=None, shuffle=False):
                       drop_last=False, persistent_workers=False)
 
 
-def resume_state(path, resume, logger, unsafe=False):
-    """The checkpoint dict in ``path`` when resuming and it exists, else ``None``."""
-    ckpt_path = os.path.join(path, CHECKPOINT)
-    if not (resume and os.path.isfile(ckpt_path)):
-        return None
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu", unsafe=unsafe)
-    logger.info(f"Found checkpoint at {ckpt_path}: resuming from epoch {ckpt.get('epoch', 0)}")
-    return ckpt
+def parse_run_args(parser, argv=None):
+    """``(args, checkpoint, recorded)``: the command line and, with ``--resume`` and a checkpoint in
+    ``--dump_path``, that checkpoint (else None) and the run's recorded settings for every option not given
+    again (as SwAV pretraining: the output folder, ``--resume`` and the launcher settings are per-session);
+    ``recorded`` = the settings to save with the run, before the run fills in its rank and world size."""
+    args = parser.parse_args(argv)
+    ckpt_path = os.path.join(args.dump_path, CHECKPOINT)
+    ckpt = None
+    if args.resume and os.path.isfile(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu", unsafe=args.unsafe_load)
+        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS,
+                            source=ckpt_path)
+    return args, ckpt, dict(vars(args))
 
 
 def with_module_prefix(state_dict):
@@ -323,9 +329,11 @@ def validate(model, head, loader_, device):
     return losses.avg, top1.avg, top5.avg
 
 
-def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, args, stats, device, logger, rank):
-    """Resume (with ``--resume``) and run the epochs: train, validate, keep the best validation top-1 (and
-    its top-5), write ``checkpoint.pth.tar`` after every epoch. Returns ``(best top-1, its top-5)``.
+def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, args, stats, device, logger, rank,
+        ckpt=None, recorded=None):
+    """Resume (from ``ckpt``, :func:`parse_run_args`' checkpoint) and run the epochs: train, validate, keep the
+    best validation top-1 (and its top-5), write ``checkpoint.pth.tar`` (with ``recorded``, the run's settings)
+    after every epoch. Returns ``(best top-1, its top-5)``.
 
     ``head`` given (linear evaluation): only the head trains, ``best_acc`` is saved as upstream's top-1.
     ``head`` None (semi-supervised): the whole ``model`` trains, ``best_acc`` is upstream's (top-1, top-5).
@@ -333,8 +341,9 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
     trained = unwrap(model if head is None else head)
     world = args.world_size
     start_epoch, best = 0, (0.0, 0.0)
-    ckpt = resume_state(args.dump_path, args.resume, logger, args.unsafe_load)
     if ckpt is not None:
+        logger.info(f"Found checkpoint at {os.path.join(args.dump_path, CHECKPOINT)}: resuming from epoch "
+                    f"{ckpt.get('epoch', 0)}")
         try:
             sd = strip_module(ckpt["state_dict"])
             check_compatible(trained, sd, what=f"{os.path.join(args.dump_path, CHECKPOINT)}")
@@ -388,7 +397,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
                     "scheduler": scheduler.state_dict(),
                     "best_acc": best[0] if head is not None else best,
                     # extras (not upstream): exact resume and history
-                    "stats": list(rows), "rng_states": list(rng_states)}
+                    "stats": list(rows), "rng_states": list(rng_states), "args": recorded}
             check_finite_state(ckpt, epoch, os.path.join(args.dump_path, CHECKPOINT), hint="lower --lr")
             save_atomic(ckpt, os.path.join(args.dump_path, CHECKPOINT))
             write_csv([dict(zip(stats.columns, r)) for r in stats.rows], os.path.join(args.dump_path, "stats.csv"))
@@ -397,7 +406,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
 
 
 def main(variant, argv=None):
-    args = build_parser(variant).parse_args(argv)
+    args, ckpt, recorded = parse_run_args(build_parser(variant), argv)  # --resume: the run's own settings
     check_positive(args, "epochs", "batch_size", "crop_size", "lr")
     if variant == "imagenet":
         check_positive(args, "val_resize")
@@ -450,7 +459,7 @@ def main(variant, argv=None):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.final_lr)
 
     best_acc = fit(model, reglog, optimizer, scheduler, sampler, train_loader, val_loader, args, stats, device,
-                   logger, rank)[0]
+                   logger, rank, ckpt, recorded)[0]
     logger.info("Training of the supervised linear classifier on frozen features completed.\n"
                 f"Top-1 test accuracy: {best_acc:.1f}")
     cleanup()

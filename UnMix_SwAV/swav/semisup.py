@@ -6,7 +6,7 @@ SyncBN when distributed; SGD(momentum 0.9, wd 0) with the trunk at ``--lr`` and 
 name contains "head" at ``--lr_last_layer``; MultiStepLR([12, 16], 0.2) stepped per epoch; 20 epochs;
 the reported number is the (top-1, top-5) of the epoch with the best validation top-1; dump layout
 as eval_linear (``checkpoint.pth.tar`` = {epoch, state_dict (``module.*``), optimizer, scheduler,
-best_acc}).
+best_acc}; ``--resume`` continues with the run's recorded settings, as eval_linear).
 
 Changed: upstream downloaded the SimCLR subset lists at run time (``urllib``, fails offline). Here the
 list is read from a local file, ``--subset_file`` or ``<data_path>/{1,10}percent.txt`` by default;
@@ -29,7 +29,7 @@ from common.dist import cleanup
 from common.utils import seed_everything
 
 from .linear import (VARIANTS, add_common_args, check_positive, fit, imagenet_datasets, imagenet_transforms,
-                     load_backbone, loader, start_run)
+                     load_backbone, loader, parse_run_args, start_run)
 from .resnet import build
 
 SUBSET_URL = "https://github.com/google-research/simclr/tree/master/imagenet_subsets"
@@ -105,7 +105,7 @@ def read_subset(path):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args, ckpt, recorded = parse_run_args(build_parser(), argv)  # --resume: the run's own settings
     check_positive(args, "epochs", "batch_size", "crop_size", "val_resize", "lr", "lr_last_layer")
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise CLIError(f"--pretrained {args.pretrained} does not exist "
@@ -153,7 +153,7 @@ def main(argv=None):
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
 
     best_acc = fit(model, None, optimizer, scheduler, sampler, train_loader, val_loader, args, stats, device,
-                   logger, rank)
+                   logger, rank, ckpt, recorded)
     logger.info(f"Fine-tuning with {args.labels_perc}% of labels completed.\n"
                 f"Test accuracies: top-1 {best_acc[0]:.1f}, top-5 {best_acc[1]:.1f}")
     cleanup()
