@@ -59,9 +59,10 @@ class _LocalCheck:
         data, self.targets = [], []
         for name, _ in self.train_list if train else self.test_list:
             path = os.path.join(self.root, self.base_folder, name)
-            entry = load_pickle(path, self.BATCH_GLOBALS, what="CIFAR batch file", encoding="latin1")
+            what = f"{type(self).__name__} batch file"  # e.g. "CIFAR10 batch file": names the data set
+            entry = load_pickle(path, self.BATCH_GLOBALS, what=what, encoding="latin1")
             if not isinstance(entry, dict) or "data" not in entry:
-                raise CLIError(f"{path} is not a CIFAR batch file (no 'data')")
+                raise CLIError(f"{path} is not a {what} (no 'data')")
             data.append(entry["data"])
             self.targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
         self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
