@@ -4,6 +4,7 @@ Independent facts: upstream's dump layout and checkpoint keys (upstream's
 `eval_linear.py` / `eval_semisup.py`), the eval normalisation constants written out here, and a plain
 re-computation of the validation loss / top-1 from the files the run wrote.
 """
+import math
 import os
 import pickle
 import re
@@ -421,3 +422,18 @@ def test_torch_distributed_launch_passes_local_rank(ckpt, small_cifar, tmp_path)
                     CIFAR_EVAL, "--data_path", small_cifar, "--pretrained", ckpt, "--dump_path", tmp_path / "l",
                     "--epochs", "1", *FAST], timeout=300)
     assert "Top-1 test accuracy:" in p.stdout
+
+
+def test_resume_with_more_epochs_spans_the_cosine_over_the_new_length(full_run, tmp_path, capsys):
+    """A 2-epoch run resumed to 4 epochs trains epochs 3 and 4 on the cosine of a 4-epoch run (lr0 * (1 + cos(pi
+    t / 4)) / 2 at t = 2, 3), not on the restored 2-epoch schedule (lr 0 at t = 2, then rising again)."""
+    dump = shutil.copytree(full_run[0], tmp_path / "run")
+    lr0 = torch.load(dump / "checkpoint.pth.tar", weights_only=False)["args"]["lr"]
+    capsys.readouterr()
+    linear.main("cifar", ["--dump_path", str(dump), "--resume", "true", "--epochs", "4"])
+    log = (dump / "train.log").read_text() + capsys.readouterr().out
+    lrs = {int(e): float(lr) for e, lr in re.findall(r"epoch (\d+)/4 \| loss \S+ \| lr (\S+) \|", log)}
+    assert set(lrs) == {3, 4}, log[-2000:]
+    for epoch, t in ((3, 2), (4, 3)):
+        assert lrs[epoch] == pytest.approx(lr0 * (1 + math.cos(math.pi * t / 4)) / 2, rel=1e-3)
+    assert "the cosine now spans 4 epochs" in log

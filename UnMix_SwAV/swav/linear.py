@@ -20,6 +20,7 @@ on random weights), a missing ``--pretrained`` file is an error, ``accuracy`` us
 ``resnet50w5`` has its feature size, a finished run is not overwritten without ``--resume true``.
 """
 import argparse
+import math
 import os
 import time
 
@@ -329,6 +330,24 @@ def validate(model, head, loader_, device):
     return losses.avg, top1.avg, top5.avg
 
 
+def span_cosine(scheduler, epochs, logger):
+    """After a resume with another ``--epochs``: the restored cosine schedule spans the new length from here on.
+
+    Departure from upstream, which restores the old length: a longer run then trains its extra epochs from lr
+    ``final_lr`` upwards (the cosine's next period), a shorter one never reaches ``final_lr``. Here the lr is
+    set to the new cosine's value at the current epoch, as the other scripts' schedules do (they compute the lr
+    from ``--epochs`` every epoch); ``CosineAnnealingLR``'s steps then follow the new curve exactly."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
+        return
+    logger.info(f"--epochs {epochs} (the checkpoint's schedule spans {scheduler.T_max}): the cosine now spans "
+                f"{epochs} epochs")
+    scheduler.T_max = epochs
+    t, low = scheduler.last_epoch, scheduler.eta_min
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = low + (base - low) * (1 + math.cos(math.pi * t / epochs)) / 2
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
 def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, args, stats, device, logger, rank,
         ckpt=None, recorded=None):
     """Resume (from ``ckpt``, :func:`parse_run_args`' checkpoint) and run the epochs: train, validate, keep the
@@ -350,6 +369,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
             trained.load_state_dict(sd)
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
+            span_cosine(scheduler, args.epochs, logger)
             start_epoch, b = int(ckpt["epoch"]), ckpt["best_acc"]
         except (KeyError, ValueError, TypeError) as e:
             raise CLIError(f"{os.path.join(args.dump_path, CHECKPOINT)} is not a checkpoint of this evaluation: "
