@@ -7,16 +7,21 @@
 #     bash bench/gpu_check.sh              # from the repository root; writes gpu_check/ (logs + summary.txt)
 #     GPU_CHECK_OUT=/tmp/x bash bench/gpu_check.sh
 #     GPU_CHECK_DRY=1 bash bench/gpu_check.sh   # the same commands on a CPU, tiny sizes: checks the script itself
-#     GPU_CHECK_PACK=1 ...                      # leave only summary.txt and logs.tar.gz (the logs and junit XML)
+#     GPU_CHECK_PACK=1 ...                      # its logs and junit XML packed into logs.tar.gz beside summary.txt
 #     GPU_CHECK_PYTHON=/path/to/python ...      # the interpreter (default: python3, else python)
 #
 # It runs under the GPU machine's own interpreter and packages, which may be older than requirements.txt's pins:
 # the first step prints their versions and stops in one line if a module the checks import is missing.
 set -u
+# the interpreter and the output folder as given from the caller's folder, then work from the repository root
+PY=$(command -v "${GPU_CHECK_PYTHON:-python3}" || command -v python) \
+    || { echo "gpu_check: no python3 or python on the PATH (set GPU_CHECK_PYTHON)"; exit 1; }
+case "$PY" in /*) ;; *) PY=$PWD/$PY ;; esac
+OUT=$(realpath -m "${GPU_CHECK_OUT:-$(dirname "$0")/../gpu_check}")
 cd "$(dirname "$0")/.."
-OUT=${GPU_CHECK_OUT:-gpu_check}
 mkdir -p "$OUT"
-PY=${GPU_CHECK_PYTHON:-$(command -v python3 || command -v python)}
+# what an earlier check left must not be read as this one's
+rm -f -- "$OUT"/{device.txt,cuda_tests.txt,cuda_tests.xml,summary.txt,logs.tar.gz} "$OUT"/bench_*.txt
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 start=$(date +%s)
 
@@ -62,22 +67,32 @@ print(f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {versions}, CUDA {torch.vers
 EOF
 [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
 
+# step NAME SECONDS ARGS...: "$PY" ARGS with a time limit, output shown and kept in $OUT/NAME.txt; a time-out or
+# another failure is written at its end ("gpu_check: ..."), where the summary finds it
+step() {
+    local name=$1 seconds=$2 rc
+    shift 2
+    timeout "$(limit "$seconds")" "$PY" "$@" 2>&1 | tee "$OUT/$name.txt"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" -eq 124 ]; then
+        echo "gpu_check: $name timed out" | tee -a "$OUT/$name.txt"
+    elif [ "$rc" -ne 0 ]; then
+        echo "gpu_check: $name exited with status $rc" | tee -a "$OUT/$name.txt"
+    fi
+}
+
 # 1. the CUDA tests (each runs its entry point as a subprocess on GPU 0)
-timeout "$(limit 300)" "$PY" -m pytest -q -m cuda tests/test_cuda.py -rA --durations=0 \
-    --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
+step cuda_tests 300 -m pytest -q -m cuda tests/test_cuda.py -rA --durations=0 --junitxml="$OUT/cuda_tests.xml"
 
 # 2. the benchmarks, each with a time limit
-timeout "$(limit 100)" "$PY" bench/bench_data.py --pipeline moco "${SIZE[@]}" "${E2E[@]}" 2>&1 \
-    | tee "$OUT/bench_data_moco.txt"
-timeout "$(limit 30)" "$PY" bench/bench_data.py --pipeline simclr "${SIZE[@]}" --e2e-steps 0 2>&1 \
-    | tee "$OUT/bench_data_simclr.txt"
-timeout "$(limit 30)" "$PY" bench/bench_data.py --pipeline swav "${SIZE[@]}" --e2e-steps 0 2>&1 \
-    | tee "$OUT/bench_data_swav.txt"
-timeout "$(limit 45)" "$PY" bench/bench_moco_cifar.py "${MOCO[@]}" 2>&1 | tee "$OUT/bench_moco_cifar.txt"
-timeout "$(limit 45)" "$PY" bench/bench_samix.py "${SAMIX[@]}" 2>&1 | tee "$OUT/bench_samix.txt"
+step bench_data_moco 100 bench/bench_data.py --pipeline moco "${SIZE[@]}" "${E2E[@]}"
+step bench_data_simclr 30 bench/bench_data.py --pipeline simclr "${SIZE[@]}" --e2e-steps 0
+step bench_data_swav 30 bench/bench_data.py --pipeline swav "${SIZE[@]}" --e2e-steps 0
+step bench_moco_cifar 45 bench/bench_moco_cifar.py "${MOCO[@]}"
+step bench_samix 45 bench/bench_samix.py "${SAMIX[@]}"
 for b in bench/*.py; do  # benchmarks added later, with their defaults
     case "$b" in bench/bench_data.py|bench/bench_moco_cifar.py|bench/bench_samix.py) continue ;; esac
-    timeout "$(limit 45)" "$PY" "$b" 2>&1 | tee "$OUT/$(basename "$b" .py).txt"
+    step "$(basename "$b" .py)" 45 "$b"
 done
 
 # 3. one summary table
@@ -94,6 +109,9 @@ if os.path.isfile(xml):
         rows.append((f"test {case.get('name')}", status, f"{float(case.get('time', 0)):.1f} s"))
 else:
     rows.append(("CUDA tests", "FAIL", "no junit file (pytest did not run)"))
+failed = [ln for ln in open(os.path.join(out, "cuda_tests.txt")).read().splitlines() if ln.startswith("gpu_check:")]
+if any("timed out" in ln for ln in failed):
+    rows.append(("CUDA tests", "FAIL", failed[-1]))  # the tests that did not run are missing from the table
 keys = ("device / PIL", "epoch-time ratio", "training step / device data path", "PIL path", "pil ", "device ",
         "Un-Mix single encoding", "Un-Mix two passes", "single encoding", "step time", "NaN guard", "samix /",
         "automix /")
@@ -101,7 +119,7 @@ for f in sorted(glob.glob(os.path.join(out, "bench_*.txt"))):
     name = os.path.basename(f)[:-4]
     text = open(f).read()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(keys) or "ms/step" in ln]
-    if "Traceback" in text or not lines:
+    if "Traceback" in text or "gpu_check:" in text or not lines:
         rows.append((name, "FAIL", (text.strip().splitlines() or ["no output"])[-1][:100]))
     for ln in lines:
         rows.append((name, "", re.sub(r"\s+", " ", ln)))
@@ -114,8 +132,8 @@ print(f"\n{fails} failure(s)")
 sys.exit(1 if fails else 0)
 EOF
 status=${PIPESTATUS[0]}
-if [ "${GPU_CHECK_PACK:-0}" = 1 ]; then
-    (cd "$OUT" && tar czf logs.tar.gz --exclude summary.txt --exclude logs.tar.gz -- * \
-        && find . -maxdepth 1 -type f ! -name summary.txt ! -name logs.tar.gz -delete)
+if [ "${GPU_CHECK_PACK:-0}" = 1 ]; then  # only the files this check wrote, nothing else in $OUT
+    (cd "$OUT" && logs=(device.txt cuda_tests.txt cuda_tests.xml bench_*.txt) \
+        && tar czf logs.tar.gz --ignore-failed-read -- "${logs[@]}" 2>/dev/null && rm -f -- "${logs[@]}")
 fi
 exit "$status"

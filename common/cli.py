@@ -116,10 +116,11 @@ def atomic_write(path):
     """``with atomic_write(path) as tmp:`` write the file ``tmp``; when the block ends it is flushed to disk
     and renamed over ``path``, so a run killed mid-write (even ``kill -9``) leaves what was at ``path`` intact.
 
-    ``tmp`` is a new hidden file in ``path``'s folder with ``path``'s suffix (writers that pick the format
-    from the name, as matplotlib does, still do); what a kill leaves of it is removed at the next start
+    ``tmp`` is a new hidden file in ``path``'s folder with ``path``'s suffix (pandas picks its compression
+    from it); what a kill leaves of it is removed when a training script starts again in that folder
     (:func:`common.runstate.remove_partial_files`). On an error it is removed and a folder that cannot be
-    written (full disk, quota, read-only, permissions) gives one :class:`CLIError` naming ``path``."""
+    written (full disk, quota, read-only, permissions) gives one :class:`CLIError` naming ``path``; an error
+    about another file (e.g. an unreadable source of a copy) passes through as it is."""
     path = os.fspath(path)
     tmp = None
     try:
@@ -134,7 +135,7 @@ def atomic_write(path):
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS and (tmp is None or e.filename in (None, tmp, path)):
             raise CLIError(cannot_write(path, e.strerror)) from None
         raise
 

@@ -1,6 +1,7 @@
 """Run logs: a CSV whose history lives in the checkpoint (so it survives resume exactly), curves, and the
 one console line every training script prints per epoch."""
 import math
+import os
 import time
 import warnings
 
@@ -107,12 +108,16 @@ def runs_figure(runs, title=None, columns=None, names=None, x="epoch"):
     return fig
 
 
-def save_figure(fig, png_path, dpi=100):
-    """Saves ``fig`` atomically and closes it."""
+def save_figure(fig, path, dpi=100):
+    """Saves ``fig`` atomically and closes it: in the format its name's extension names when matplotlib knows
+    it, else as PNG (a name without one, e.g. ``--out figure2``, included)."""
     import matplotlib.pyplot as plt
-    with atomic_write(png_path) as tmp:
-        fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
+    ext = os.path.splitext(os.fspath(path))[1][1:].lower()
+    try:
+        with atomic_write(path) as tmp:  # the format given: matplotlib would add ".png" to a bare temp name
+            fig.savefig(tmp, dpi=dpi, format=ext if ext in fig.canvas.get_supported_filetypes() else "png")
+    finally:
+        plt.close(fig)
 
 
 def plot_runs(runs, png_path, title=None, columns=None, names=None, x="epoch"):

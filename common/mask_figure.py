@@ -3,7 +3,7 @@ partner, the partner's per-pixel weight (the mask) and the resulting mixture, si
 
 import torch
 
-from .cli import atomic_write
+from .logs import save_figure
 
 
 def _displayable(images, mean=None, std=None):
@@ -58,7 +58,5 @@ def save_mask_figure(path, anchor, partner, mask, mixed, lam=None, mean=None, st
         head += f"  (λ = {float(lam):.2f})"
     fig.suptitle(head, fontsize=9)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

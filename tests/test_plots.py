@@ -102,3 +102,16 @@ def test_plot_curves_tells_knn_and_linear_probe_apart(tmp_path, monkeypatch):
     assert acc_q.get_ylabel() == "linear-probe top-1 (%)"
     assert list(acc_q.lines[0].get_ydata()) == pytest.approx([50.0, 60.0, 70.0])
     assert_integer_epoch_ticks(fig.axes)
+
+
+def test_save_figure_format_follows_the_extension_else_png(tmp_path):
+    """``--out figure2`` or ``--out fig.txt`` write a PNG (matplotlib alone would write ``figure2.png`` and leave
+    the target empty), ``.pdf`` a PDF; nothing but the targets is left in the folder."""
+    import matplotlib.pyplot as plt
+    magic = {"figure2": b"\x89PNG", "fig.txt": b"\x89PNG", "curves.png": b"\x89PNG", "f.pdf": b"%PDF"}
+    for name in magic:
+        fig = plt.figure()
+        fig.add_subplot().plot([0, 1])
+        logs.save_figure(fig, tmp_path / name)
+        assert not plt.fignum_exists(fig.number)  # closed
+    assert {p.name: p.read_bytes()[:4] for p in tmp_path.iterdir()} == magic

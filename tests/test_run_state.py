@@ -165,10 +165,16 @@ def two_processes(cmd, cwd, env=None, check=True):
                               else subprocess.DEVNULL, stderr=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for r in (0, 1)]
-    out, err = procs[0].communicate(timeout=300)
-    if procs[0].returncode:
-        procs[1].kill()
-    procs[1].wait(timeout=60)
+    try:
+        out, err = procs[0].communicate(timeout=300)
+        if procs[0].returncode:
+            procs[1].kill()
+        procs[1].wait(timeout=60)
+    finally:  # a timeout leaves no process behind
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     p = subprocess.CompletedProcess(cmd, procs[0].returncode or procs[1].returncode, out, err)
     assert not check or p.returncode == 0, f"{cmd} exited {p.returncode}\n{out[-3000:]}\n{err[-3000:]}"
     return p

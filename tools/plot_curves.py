@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from common.cli import CLIError, HelpFormatter, atomic_write, run_main  # noqa: E402
+from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
+from common.logs import save_figure  # noqa: E402
 from common.safepickle import read_pandas_pickle  # noqa: E402
 from tools import check_output  # noqa: E402
 
@@ -160,8 +161,7 @@ def main(argv=None):
         panel, label, path = parse_run(spec)
         runs.append((panel, label, load_run(path)))
     fig = figure(runs, args.title)
-    with atomic_write(args.out) as tmp:
-        fig.savefig(tmp, dpi=100)
+    save_figure(fig, args.out)
     print(f"wrote {args.out} ({len(runs)} runs, {len(set(r[0] for r in runs))} panels)")
 
 
