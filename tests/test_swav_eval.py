@@ -424,16 +424,47 @@ def test_torch_distributed_launch_passes_local_rank(ckpt, small_cifar, tmp_path)
     assert "Top-1 test accuracy:" in p.stdout
 
 
-def test_resume_with_more_epochs_spans_the_cosine_over_the_new_length(full_run, tmp_path, capsys):
+@pytest.mark.parametrize("extra,lr", [([], None), (["--lr", "0.5"], 0.5)], ids=["epochs", "epochs-and-lr"])
+def test_resume_with_other_schedule_settings_follows_the_command_line(full_run, tmp_path, capsys, extra, lr):
     """A 2-epoch run resumed to 4 epochs trains epochs 3 and 4 on the cosine of a 4-epoch run (lr0 * (1 + cos(pi
-    t / 4)) / 2 at t = 2, 3), not on the restored 2-epoch schedule (lr 0 at t = 2, then rising again)."""
+    t / 4)) / 2 at t = 2, 3), not on the restored 2-epoch schedule (lr 0 at t = 2, then rising again); a --lr given
+    again is that cosine's lr0 (the restored scheduler kept the recorded one)."""
     dump = shutil.copytree(full_run[0], tmp_path / "run")
-    lr0 = torch.load(dump / "checkpoint.pth.tar", weights_only=False)["args"]["lr"]
+    lr0 = lr or torch.load(dump / "checkpoint.pth.tar", weights_only=False)["args"]["lr"]
     capsys.readouterr()
-    linear.main("cifar", ["--dump_path", str(dump), "--resume", "true", "--epochs", "4"])
+    linear.main("cifar", ["--dump_path", str(dump), "--resume", "true", "--epochs", "4", *extra])
     log = (dump / "train.log").read_text() + capsys.readouterr().out
     lrs = {int(e): float(lr) for e, lr in re.findall(r"epoch (\d+)/4 \| loss \S+ \| lr (\S+) \|", log)}
     assert set(lrs) == {3, 4}, log[-2000:]
     for epoch, t in ((3, 2), (4, 3)):
         assert lrs[epoch] == pytest.approx(lr0 * (1 + math.cos(math.pi * t / 4)) / 2, rel=1e-3)
-    assert "the cosine now spans 4 epochs" in log
+    assert "the schedule follows the command line" in log
+
+
+def test_keep_command_line_schedule_on_a_step_schedule_and_no_change_is_a_no_op():
+    """Semi-supervised fine-tuning's MultiStepLR, two groups (trunk, head): resumed after 3 epochs of milestones
+    [5] with milestones [1, 2] and gamma 0.5, both groups are at base * 0.5 ** 2 and step on from there; the same
+    settings leave the restored state untouched (the exact resume)."""
+    import logging
+    log = logging.getLogger("test")
+
+    def sgd():
+        return torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)]},
+                                {"params": [torch.zeros(1, requires_grad=True)], "lr": 0.2}], lr=0.01)
+    opt = sgd()
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [5], gamma=0.1)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    saved = opt.state_dict(), sched.state_dict()
+    for milestones, gamma, expected in (([5], 0.1, [0.01, 0.2]), ([1, 2], 0.5, [0.0025, 0.05])):
+        opt = sgd()
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=gamma)
+        built = sched.state_dict()
+        opt.load_state_dict(saved[0])
+        sched.load_state_dict(saved[1])
+        linear.keep_command_line_schedule(sched, built, log)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(expected)
+    opt.step()
+    sched.step()  # epoch 4: past both milestones, no new one
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0025, 0.05])

@@ -20,7 +20,6 @@ on random weights), a missing ``--pretrained`` file is an error, ``accuracy`` us
 ``resnet50w5`` has its feature size, a finished run is not overwritten without ``--resume true``.
 """
 import argparse
-import math
 import os
 import time
 
@@ -330,22 +329,30 @@ def validate(model, head, loader_, device):
     return losses.avg, top1.avg, top5.avg
 
 
-def span_cosine(scheduler, epochs, logger):
-    """After a resume with another ``--epochs``: the restored cosine schedule spans the new length from here on.
+SCHEDULE_SETTINGS = ("base_lrs", "T_max", "eta_min", "milestones", "gamma")  # what the command line sets
 
-    Departure from upstream, which restores the old length: a longer run then trains its extra epochs from lr
-    ``final_lr`` upwards (the cosine's next period), a shorter one never reaches ``final_lr``. Here the lr is
-    set to the new cosine's value at the current epoch, as the other scripts' schedules do (they compute the lr
-    from ``--epochs`` every epoch); ``CosineAnnealingLR``'s steps then follow the new curve exactly."""
-    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
+
+def keep_command_line_schedule(scheduler, built, logger):
+    """After a resume: the schedule's settings as the command line built them (``built``: the scheduler's
+    ``state_dict()`` before the checkpoint's was loaded), not as the checkpoint restored them.
+
+    With the same settings (an exact resume) nothing changes. When ``--epochs``, ``--lr``, ``--lr_last_layer``,
+    ``--final_lr``, ``--decay_epochs`` or ``--gamma`` were changed, the restored scheduler takes the new ones and
+    the lr is set to the new schedule's value at the current epoch, as the other scripts' schedules do (they
+    compute the lr from the command line every epoch); the scheduler's steps then follow the new curve. Departure
+    from upstream, which kept the checkpoint's: a run resumed with a larger ``--epochs`` trained its extra epochs
+    from ``final_lr`` upwards (the cosine's next period), and a changed ``--lr`` did nothing."""
+    changed = [k for k in SCHEDULE_SETTINGS if k in built and built[k] != getattr(scheduler, k)]
+    if not changed:
         return
-    logger.info(f"--epochs {epochs} (the checkpoint's schedule spans {scheduler.T_max}): the cosine now spans "
-                f"{epochs} epochs")
-    scheduler.T_max = epochs
-    t, low = scheduler.last_epoch, scheduler.eta_min
-    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = low + (base - low) * (1 + math.cos(math.pi * t / epochs)) / 2
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    for k in changed:
+        setattr(scheduler, k, built[k])
+    lrs = scheduler._get_closed_form_lr()  # the schedule's value at scheduler.last_epoch (torch's own formula)
+    for group, lr, base in zip(scheduler.optimizer.param_groups, lrs, scheduler.base_lrs):
+        group["lr"], group["initial_lr"] = lr, base
+    scheduler._last_lr = list(lrs)
+    logger.info(f"the schedule follows the command line ({', '.join(changed)} changed): lr {lrs} from epoch "
+                f"{scheduler.last_epoch}")
 
 
 def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, args, stats, device, logger, rank,
@@ -367,9 +374,10 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
             sd = strip_module(ckpt["state_dict"])
             check_compatible(trained, sd, what=f"{os.path.join(args.dump_path, CHECKPOINT)}")
             trained.load_state_dict(sd)
+            built = scheduler.state_dict()  # the schedule as this command line sets it
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
-            span_cosine(scheduler, args.epochs, logger)
+            keep_command_line_schedule(scheduler, built, logger)
             start_epoch, b = int(ckpt["epoch"]), ckpt["best_acc"]
         except (KeyError, ValueError, TypeError) as e:
             raise CLIError(f"{os.path.join(args.dump_path, CHECKPOINT)} is not a checkpoint of this evaluation: "
