@@ -25,14 +25,22 @@ def cannot_write(path, reason):
             "permissions, then continue with --resume")
 
 
+def user_error(e):
+    """The one line for an error the user can mend: a :class:`CLIError`'s text, or for an ``OSError`` on a
+    full or read-only disk (``log.csv``, ``curves.png``, ``args.json``, ... of any run) the cannot-write line;
+    ``None`` for anything else (a bug: its traceback is wanted)."""
+    if isinstance(e, CLIError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        return cannot_write(e.filename or "an output file", e.strerror)
+    return None
+
+
 def run_main(main, *args, **kwargs):
-    """Runs ``main``; a :class:`CLIError` becomes one line on stderr and exit code 2."""
+    """Runs ``main``; a :class:`CLIError` (or a full disk, :func:`user_error`) becomes one line on stderr and
+    exit code 2."""
     try:
         return main(*args, **kwargs)
-    except CLIError as e:
-        prog = os.path.basename(sys.argv[0]) or "unmix"
-        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -41,13 +49,12 @@ def run_main(main, *args, **kwargs):
         # so that the interpreter's final flush does not raise again (the Python documentation's recipe).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
-    except OSError as e:  # after BrokenPipeError, an OSError too
-        if e.errno not in WRITE_ERRNOS:
+    except (CLIError, OSError) as e:  # after BrokenPipeError, an OSError too
+        message = user_error(e)
+        if message is None:
             raise
-        # any other file the run writes (log.csv, curves.png, args.json, ...) on a full or read-only disk
         prog = os.path.basename(sys.argv[0]) or "unmix"
-        print(f"{prog}: error: {cannot_write(e.filename or 'an output file', e.strerror)}", file=sys.stderr,
-              flush=True)
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

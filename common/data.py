@@ -57,9 +57,9 @@ class _LocalCheck:
         if not self._check_integrity():
             raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
         data, self.targets = [], []
+        what = f"{type(self).__name__} batch file"  # e.g. "CIFAR10 batch file": names the data set
         for name, _ in self.train_list if train else self.test_list:
             path = os.path.join(self.root, self.base_folder, name)
-            what = f"{type(self).__name__} batch file"  # e.g. "CIFAR10 batch file": names the data set
             entry = load_pickle(path, self.BATCH_GLOBALS, what=what, encoding="latin1")
             if not isinstance(entry, dict) or "data" not in entry:
                 raise CLIError(f"{path} is not a {what} (no 'data')")

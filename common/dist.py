@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .cli import WRITE_ERRNOS, CLIError, add_local_rank_arg, cannot_write
+from .cli import CLIError, add_local_rank_arg, user_error
 
 
 def slurm_tasks_per_node(value):
@@ -240,14 +240,13 @@ def setup_worker(local_index, args, plan):
 def _spawned(local_index, worker, args, plan):
     try:
         worker(local_index, args, plan)
-    except (CLIError, OSError) as e:
-        if isinstance(e, OSError):  # a full or read-only output folder (log.csv, curves.png): one line too
-            if e.errno not in WRITE_ERRNOS:
-                raise
-            e = cannot_write(e.filename or "an output file", e.strerror)
+    except (CLIError, OSError) as e:  # a full or read-only output folder (log.csv, curves.png): one line too
+        message = user_error(e)
+        if message is None:
+            raise
         if local_index != 0:  # the same error usually hits every process: let process 0 say it once
             time.sleep(2.0)  # (mp.spawn terminates the others as soon as one exits)
-        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {e}\n")
+        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {message}\n")
         sys.stderr.flush()
         os._exit(2)  # at once: tearing down a half-used process group can block on the peers
 

@@ -1,4 +1,4 @@
-"""Reading plain pickles (SwAV's ``stats{rank}.pkl``, CIFAR's ``batches.meta``) without running code.
+"""Reading plain pickles (SwAV's ``stats{rank}.pkl``, CIFAR's batch and meta files) without running code.
 
 A pickle can call any Python function while it is read. These readers allow only the globals the format
 really holds (NumPy arrays and scalars; pandas' DataFrame reconstruction); a file asking for anything else

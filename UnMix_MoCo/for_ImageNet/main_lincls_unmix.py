@@ -45,6 +45,7 @@ from UnMix_MoCo.for_ImageNet.moco.train_utils import (add_training_args, adjust_
                                                       module_state_dict, parse_args)
 
 CKPT_NAME, BEST_NAME, LOG_NAME = "checkpoint.pth.tar", "model_best.pth.tar", "log.csv"
+HINT = "lower the learning rate (--lr)"  # what the NaN guard suggests when the loss diverges
 PREFIX = "module.encoder_q."
 
 
@@ -140,7 +141,7 @@ def run_epoch(loader, model, criterion, device, optimizer=None, epoch=0, print_f
             for k, v in (("loss", loss.item()), ("acc1", acc1.item()), ("acc5", acc5.item())):
                 meters[k].update(v, images.size(0))
             if optimizer is not None:  # the NaN guard reads the value the meters read anyway
-                check_loss(meters["loss"].val, epoch, i, hint="lower the learning rate (--lr)")
+                check_loss(meters["loss"].val, epoch, i, HINT)
             if optimizer is not None:
                 optimizer.zero_grad()
                 loss.backward()
@@ -233,7 +234,7 @@ def main_worker(local_index, args, plan):
             ckpt = {"epoch": epoch + 1, "arch": args.arch, "state_dict": state, "best_acc1": best_acc1,
                     "optimizer": optimizer.state_dict(), "rng_states": rng_states, "log": rows,
                     "args": vars(args)}
-            check_finite_state(ckpt, epoch, out / CKPT_NAME, hint="lower the learning rate (--lr)")
+            check_finite_state(ckpt, epoch, out / CKPT_NAME, HINT)
             save_atomic(ckpt, out / CKPT_NAME)
             kill_point("checkpoint")  # test hook: the window between the checkpoint and its derived files
             if is_best:

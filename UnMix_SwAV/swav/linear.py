@@ -31,8 +31,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state)
-from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args,
-                        bool_flag, prepare_output_dir)
+from common.cli import CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, bool_flag, prepare_output_dir
 from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
 from common.dist import barrier, cleanup, init_distributed, launcher_env
 from common.guard import check_finite_state, check_loss
@@ -41,7 +40,7 @@ from common.utils import AverageMeter, accuracy, seed_everything, worker_count
 
 from .exp import PDStats, initialize_exp, rows_before
 from .resnet import ARCHS, build
-from .train import SESSION_ARGS, add_cifar_data_args, cifar_source, gather_objects
+from .train import add_cifar_data_args, cifar_source, gather_objects, resumed_checkpoint
 
 # Upstream eval_linear (CIFAR) normalises with the true CIFAR-10 std, which differs from the std used
 # in pretraining (0.2023, 0.1994, 0.2010): kept, it produced the published numbers.
@@ -50,6 +49,7 @@ CIFAR_EVAL_STD = (0.2470, 0.2435, 0.2616)
 SWAV_IMAGENET_STD = (0.228, 0.224, 0.225)
 
 CHECKPOINT = "checkpoint.pth.tar"
+HINT = "lower --lr"  # what the NaN guard suggests when the loss diverges
 # pretraining keys that are not part of the backbone (SwAV head / prototypes; torchvision's fc)
 NOT_BACKBONE = ("projection_head.", "prototypes", "fc.")
 
@@ -200,12 +200,7 @@ def parse_run_args(parser, argv=None):
     again (as SwAV pretraining: the output folder, ``--resume`` and the launcher settings are per-session);
     ``recorded`` = the settings to save with the run, before the run fills in its rank and world size."""
     args = parser.parse_args(argv)
-    ckpt_path = os.path.join(args.dump_path, CHECKPOINT)
-    ckpt = None
-    if args.resume and os.path.isfile(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu", unsafe=args.unsafe_load)
-        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS,
-                            source=ckpt_path)
+    ckpt = resumed_checkpoint(parser, args, argv, os.path.join(args.dump_path, CHECKPOINT))
     return args, ckpt, dict(vars(args))
 
 
@@ -295,7 +290,7 @@ def train_one_epoch(model, head, optimizer, loader_, epoch, device, logger, rank
         optimizer.step()
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
         losses.update(loss.item(), inp.size(0))  # read every step anyway: the NaN guard costs no extra sync
-        check_loss(losses.val, epoch, it, hint="lower --lr")
+        check_loss(losses.val, epoch, it, hint=HINT)
         top1.update(acc1.item(), inp.size(0))
         top5.update(acc5.item(), inp.size(0))
         batch_time.update(time.perf_counter() - end)
@@ -426,7 +421,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
                     "best_acc": best[0] if head is not None else best,
                     # extras (not upstream): exact resume and history
                     "stats": list(rows), "rng_states": list(rng_states), "args": recorded}
-            check_finite_state(ckpt, epoch, os.path.join(args.dump_path, CHECKPOINT), hint="lower --lr")
+            check_finite_state(ckpt, epoch, os.path.join(args.dump_path, CHECKPOINT), hint=HINT)
             save_atomic(ckpt, os.path.join(args.dump_path, CHECKPOINT))
             write_csv([dict(zip(stats.columns, r)) for r in stats.rows], os.path.join(args.dump_path, "stats.csv"))
             logger.info(epoch_line(epoch + 1, scores[1], lr, scores_val[1]))

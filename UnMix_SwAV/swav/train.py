@@ -294,16 +294,24 @@ def fill_dump_path(args, variant):
         raise CLIError(f"--dump_path {args.dump_path}: cannot fill in {{{e}}} (use argument names)") from None
 
 
+def resumed_checkpoint(parser, args, argv, ckpt_path):
+    """With ``--resume`` and a checkpoint at ``ckpt_path``: that checkpoint, its recorded settings adopted into
+    ``args`` for every option not given again (per-session: :data:`SESSION_ARGS`); else ``None``. Also used by
+    the linear and semi-supervised evaluations."""
+    if not (args.resume and os.path.isfile(ckpt_path)):
+        return None
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu", unsafe=args.unsafe_load)
+    adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS,
+                        source=str(ckpt_path))
+    return ckpt
+
+
 def main(variant, argv=None):
     parser = build_parser(variant)
     args = parser.parse_args(argv)
     args.dump_path = fill_dump_path(args, variant)
     ckpt_path = Path(args.dump_path) / "checkpoint.pth.tar"
-    ckpt = None
-    if args.resume and ckpt_path.is_file():  # continue the run with its own settings, options given override
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu", unsafe=args.unsafe_load)
-        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS,
-                            source=str(ckpt_path))
+    ckpt = resumed_checkpoint(parser, args, argv, ckpt_path)  # the run's own settings, options given override
     check_args(args, variant)
     recorded = dict(vars(args))  # the settings as given, before the run fills in rank, world size, ...
     v = VARIANT[variant]
