@@ -1,4 +1,4 @@
-"""The READMEs stay true: every script they run exists and accepts every option they pass it."""
+"""The READMEs and the pages under docs/ stay true: every script they run exists and accepts every option they pass it."""
 import re
 from functools import lru_cache
 
@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT, run_script
 
 READMES = ["README.md", "UnMix_MoCo/for_ImageNet/README.md", "UnMix_SwAV/README.md", "UnMix_SimCLR_BYOL/README.md",
-           "tools/README.md"]
+           "tools/README.md"] + sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
 NEEDS_DETECTRON2 = {"UnMix_MoCo/for_ImageNet/detection/train_net.py"}
 
 

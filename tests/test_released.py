@@ -140,7 +140,7 @@ def test_every_kind_is_detected_and_distinct():
 
 # --- the catalogue against the README tables ----------------------------------------------------------------
 def _readme_tables():
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs/reproduce.md").read_text()
     m = re.search(r"<!-- reproduce:start -->(.*)<!-- reproduce:end -->", text, re.S)
     assert m, "README has no reproduce block"
     return [line for line in m.group(1).splitlines() if line.lstrip().startswith("|")]
@@ -176,7 +176,7 @@ def test_catalogue_lists_every_link_of_the_readme_tables():
 
 
 def test_readme_commands_name_existing_scripts():
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs/reproduce.md").read_text()
     block = text[text.index("<!-- reproduce:start -->"):text.index("<!-- reproduce:end -->")]
     cwd, checked = ROOT, 0
     for code in re.findall(r"```bash\n(.*?)```", block, re.S):

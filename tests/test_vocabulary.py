@@ -1,4 +1,4 @@
-"""The README's vocabulary table is true: every training script's --help lists the options of its column."""
+"""The vocabulary table (docs/vocabulary.md) is true: every training script's --help lists the options of its column."""
 import re
 
 import pytest
@@ -8,8 +8,8 @@ from test_readme import help_text  # the same cached --help runs as the README c
 
 
 def table():
-    """{script: {concept: [option, ...]}} from the README's table."""
-    section = (ROOT / "README.md").read_text().split("## One vocabulary across the scripts", 1)[1]
+    """{script: {concept: [option, ...]}} from the table."""
+    section = (ROOT / "docs/vocabulary.md").read_text().split("## One vocabulary across the scripts", 1)[1]
     rows = [line for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
     header, body = cells[0], cells[2:]
