@@ -71,10 +71,12 @@ def extend_positives(e_a, e_b):
     """Positives extended in feature space (upstream's ``feat_pos_extend="both"``) for the auxiliary term.
 
     A per-element weight B ~ Beta(2, 2) (with probability ½, B + 1: extrapolation beyond the pair) gives
-    ``normalize(B·e_a + (1-B)·e_b)`` and ``normalize(B·e_b + (1-B)·e_a)``. Draws from the torch CPU RNG.
+    ``normalize(B·e_a + (1-B)·e_b)`` and ``normalize(B·e_b + (1-B)·e_a)``. As upstream, the coin is one NumPy
+    ``rand(1) > 0.5`` (extrapolation), drawn before B, which comes from the torch CPU RNG.
     """
+    extrapolate = bool(np.random.rand(1) > 0.5)
     b = torch.distributions.Beta(2.0, 2.0).sample(e_a.shape)
-    if torch.rand(1).item() < 0.5:
+    if extrapolate:
         b = b + 1.0
     b = b.to(e_a.device, e_a.dtype)
     return F.normalize(b * e_a + (1 - b) * e_b, dim=1), F.normalize(b * e_b + (1 - b) * e_a, dim=1)
