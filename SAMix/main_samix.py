@@ -10,8 +10,9 @@ cosine floors, EMA end momentum, λ rescale, value-net dropout, η, mask-loss we
 can be overridden. ``tiny`` and ``imagenet`` read ``DATA/train`` and ``DATA/val`` as ImageFolder trees.
 
 One SAMix/AutoMix iteration (see ``SAMix/models.py``): two λ ~ Beta(α, α) (Mixer's, backbone's), two random
-permutations of the local batch, the Mixer called twice on the EMA network's stage-3 features (the backbone's
-mask detached), the backbone's mask replaced by plain Mixup when its λ is within ``--lam-margin`` of 0 or 1, the
+permutations of the local batch (the backbone's drawn first), the Mixer called twice on the EMA network's stage-3
+features (the backbone's mask detached; with ``--mask-adjust p`` rescaled per sample toward λ with probability p),
+the backbone's mask replaced by plain Mixup when its λ is within ``--lam-margin`` of 0 or 1, the
 losses ``L_mix_q + L_one_q + L_mix_k + w_t L_mask``, one SGD step, then the EMA update of k (parameters only).
 
 Outputs in ``--output-dir``: ``latest.pth`` (atomic; exact resume with ``--resume``), ``log.csv`` (per epoch:
@@ -144,8 +145,9 @@ def build_parser():
     g.add_argument("--lam-margin", default=0.08, type=float,
                    help="backbone λ within this of 0 or 1: plain Mixup for that iteration")
     g.add_argument("--mask-adjust", default=0.0, type=float,
-                   help="probability of rescaling the backbone mask's mean toward λ (0 in the released "
-                        "ImageNet/CIFAR-400/Tiny configs, 0.25 in the CIFAR 800-epoch config)")
+                   help="probability per iteration of rescaling the backbone's mask so that each sample's anchor "
+                        "mean is the Mixer's λ (0 in the released ImageNet/CIFAR-400/Tiny configs, 0.25 in the "
+                        "CIFAR 800-epoch config)")
     g.add_argument("--ema-momentum", default=0.999, type=float, help="EMA momentum of k before the cosine phase")
     g.add_argument("--ema-end", default=None, type=float, help="EMA momentum at the end " + _per_dataset("ema_end"))
     g.add_argument("--ema-start", default=0.1, type=float,
@@ -279,8 +281,8 @@ def train_step(model, net, x, y, t, optimizer, scaler, args, mask_weight, total,
     with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=args.amp):
         if isinstance(net, MixerModel):
             lam = np.random.beta(args.alpha, args.alpha, 2)  # [Mixer's, backbone's], one call as released
+            index_bb = torch.randperm(x.size(0)).to(x.device)  # the backbone's first, in upstream's order
             index_mb = torch.randperm(x.size(0)).to(x.device)
-            index_bb = torch.randperm(x.size(0)).to(x.device)
             w = mask_weight(t)
             out = model(x, y, lam, index_mb, index_bb, w)
             logged = {k: out[k].detach() for k in ("loss_one_q", "loss_mix_q", "loss_mix_k", "loss_mask")}

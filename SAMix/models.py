@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from common.cli import CLIError
-from common.mixer import Mixer
+from common.mixer import Mixer, adjust_mask
 
 # name -> (block, layers, groups, width_per_group, base width)
 ARCHS = {
@@ -149,6 +149,9 @@ class Classifier(nn.Module):
         return {"one_q": self(x)}
 
 
+MASK_ADJUST_EPS = 1e-8  # upstream's clamp and margin of the supervised mask adjust (AutoMixup.pixel_mixup)
+
+
 class MixerModel(nn.Module):
     """SAMix / AutoMix supervised training (OpenMixup's ``AutoMixup``): online network q, EMA network k, the
     Mixer, and four heads.
@@ -193,16 +196,11 @@ class MixerModel(nn.Module):
             for pq, pk in zip(q.parameters(), k.parameters()):
                 pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
 
-    def adjust_mask(self, mask, lam):
-        """Rescales the backbone mask's mean toward ``lam`` when it is more than 0.1 away."""
-        mean = mask[:, 0].mean()
-        if mean > lam + 0.1:
-            a = mask[:, 0] * (lam / mean)
-            return torch.stack([a, 1 - a], 1)
-        if mean < lam - 0.1:
-            b = mask[:, 1] * ((1 - lam) / (1 - mean))
-            return torch.stack([1 - b, b], 1)
-        return mask
+    @staticmethod
+    def adjust_mask(mask, lam):
+        """Rescales each sample's backbone mask so that its anchor mean is ``lam`` (``common.mixer.adjust_mask``
+        with margin = clamp = 1e-8, as ``AutoMixup``)."""
+        return adjust_mask(mask, lam, MASK_ADJUST_EPS, MASK_ADJUST_EPS)
 
     def masks(self, x, lam_mb, lam_bb, index_mb, index_bb):
         """The Mixer's two masks: ``mask_mb`` (with autograd) and ``mask_bb`` (detached)."""
@@ -212,8 +210,9 @@ class MixerModel(nn.Module):
         mask_mb = self.mixer(feature, lam_mb, index=index_mb, image_width=width)["mask"]
         with torch.no_grad():
             mask_bb = self.mixer(feature, lam_bb, index=index_bb, image_width=width)["mask"].clone()
-        if self.mask_adjust > 0 and self.mask_adjust > np.random.rand():
-            # upstream compares and rescales with the Mixer's λ (lam[0]), not the backbone's; kept as released
+        # one NumPy draw per iteration whether or not mask_adjust is on, as upstream's `mask_adjust > rand()`.
+        # Upstream compares and rescales with the Mixer's λ (lam[0]), not the backbone's; kept as released
+        if self.mask_adjust > np.random.rand():
             mask_bb = self.adjust_mask(mask_bb, lam_mb)
         if lam_bb <= self.lam_margin or lam_bb >= 1 - self.lam_margin:  # plain Mixup for this iteration
             mask_bb = torch.cat([torch.full_like(mask_bb[:, :1], lam_bb), torch.full_like(mask_bb[:, 1:], 1 - lam_bb)], 1)
@@ -256,8 +255,8 @@ def build_model(args, num_classes):
     channels = stage_channels(args.arch, 2)
     if args.mix == "samix":
         mixer = Mixer.samix(channels, mask_layer=2, lam_mul_k=args.lam_mul_k, value_dropout=args.mixer_dropout)
-    else:
-        mixer = Mixer.automix(channels, mask_layer=2)
+    else:  # the released AutoMix configs append λ as a channel on ImageNet only (CIFAR-100, Tiny: no λ input)
+        mixer = Mixer.automix(channels, mask_layer=2, lam_concat=args.dataset == "imagenet")
     return MixerModel(args.arch, num_classes, cifar_stem, mixer, mixer_loss=args.mixer_loss, eta=args.eta,
                       lam_margin=args.lam_margin, mask_adjust=args.mask_adjust)
 

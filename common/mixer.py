@@ -8,9 +8,11 @@ One class serves both methods; they differ only in configuration (see :meth:`Mix
 setting                SAMix                               AutoMix
 =====================  ==================================  ===================================
 λ encoding             multiply features (residual)        concatenate a λ / 1-λ channel
+                                                           (ImageNet; CIFAR/Tiny: none)
 value net              1x1 conv C->C/2, BN, ELU,           one 1x1 conv C(+1)->1 with bias
                        1x1 conv C/2->1, dropout
-q / k input            the pair concatenated [x_a, x_b]    q from the anchor, k from the partner
+q / k                  two 1x1 convs, each on the          ONE shared 1x1 conv: q from the
+                       concatenated pair [x_a, x_b]        anchor, k from the partner
 upsampling             bilinear                            nearest
 mask loss              L1 + Variance (margin 0.1)          L1 (margin 0.1)
 =====================  ==================================  ===================================
@@ -23,8 +25,8 @@ channel 1 the partner; they sum to 1 at every pixel::
     mixed = x * mask[:, 0:1] + x_partner * mask[:, 1:2]
 """
 import math
+import random
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,7 +36,7 @@ def rescale_lam(lam, k):
     """λ rescale: the cubic ``(4/3 λ³ - 2 λ² + (k+1) λ) / (k + 1/3)`` for ``k >= 0``; ``λ`` itself for ``k < 0``.
 
     Odd-symmetric about (½, ½), fixes 0, ½ and 1, and pulls λ toward ½ (slope ``k / (k + 1/3)`` at ½), e.g.
-    ``k = 0.25`` maps 0.1 to 0.1823.
+    ``k = 0.25`` maps 0.1 to 0.1823. (:class:`Mixer` clamps ``k`` to at most 10 when it is built, as upstream.)
     """
     if k < 0:
         return lam
@@ -68,6 +70,30 @@ def mask_loss(mask, lam, mode="L1+Variance", margin=0.1):
     raise ValueError(f"unknown mask loss mode {mode!r} (L1 or L1+Variance)")
 
 
+def adjust_mask(mask, lam, margin, eps):
+    """Per-sample rescale of a 2-channel mask [N,2,H,W] (channel 0: anchor weight) toward the anchor share ``lam``.
+
+    Upstream's rule (``AutoMixup.pixel_mixup`` with ``margin = eps = 1e-8``; ``MoCoSAMix.mix_mask_adjust``'s
+    "auto" mode with ``eps = 1e-10``, ``margin = 0.1``): with ``a`` the anchor channel clamped to
+    ``[eps, 1-eps]`` and ``ā`` **each sample's** mean of it,
+
+    - ``ā > lam + margin``: the anchor channel becomes ``a·lam/ā``, the partner channel 1 minus it;
+    - ``ā < lam - margin``: the partner channel becomes ``(1-a)·(1-lam)/(1-ā)``, the anchor channel 1 minus it;
+    - otherwise the sample's mask is left as it is.
+
+    So every sample beyond the margin ends with an anchor mean of exactly ``lam``. Returns a new tensor; no host
+    synchronisation (both candidates are computed and selected on the device).
+    """
+    a = mask[:, :1].clamp(min=eps, max=1.0 - eps)
+    mean = a.mean(dim=(1, 2, 3), keepdim=True)
+    down = a * (lam / mean)
+    up = (1.0 - a) * ((1.0 - lam) / (1.0 - mean))
+    larger, smaller = mean > lam + margin, mean < lam - margin
+    anchor = torch.where(larger, down, torch.where(smaller, 1.0 - up, mask[:, :1]))
+    partner = torch.where(larger, 1.0 - down, torch.where(smaller, up, mask[:, 1:]))
+    return torch.cat([anchor, partner], dim=1)
+
+
 class Mixer(nn.Module):
     """Attention Mixer (OpenMixup's ``PixelMixBlock`` as SAMix/AutoMix configure it).
 
@@ -78,12 +104,16 @@ class Mixer(nn.Module):
         lam_mul: encode λ by multiplying the features (SAMix); ``lam_residual`` multiplies by ``1 + λ`` /
             ``2 - λ`` instead of ``λ`` / ``1 - λ``.
         lam_concat: encode λ by appending a constant λ (anchor) / 1-λ (partner) channel (AutoMix).
-        lam_mul_k: λ rescale parameter(s) ``k`` (a number or a list, one drawn uniformly per call); -1 = off.
+        lam_mul_k: λ rescale parameter(s) ``k`` (a number or a list, one drawn per call with Python's
+            ``random.choices``, as upstream); negative = off; values above 10 count as 10 (upstream's clamp).
+            Used only with ``lam_mul`` (upstream rescales λ for the multiplication only).
         value_layers: 2 = conv C->C/2 (no bias), BN, ELU, conv C/2->1 (no bias); 1 = one conv ->1 with bias.
         value_dropout: dropout on the value net's 1-channel output.
-        qk_concat: q and k both from the concatenated pair (SAMix); otherwise q from the anchor, k from the
-            partner (AutoMix).
-        upsample: ``"bilinear"`` (SAMix) or ``"nearest"`` (AutoMix), or a list to draw from per call.
+        qk_concat: q and k from two convs, both on the concatenated pair (SAMix); otherwise ONE conv
+            (``query``, no ``key``) gives q from the anchor and k from the partner (AutoMix; upstream's
+            ``PixelMixBlock`` builds no key conv without ``x_qk_concat``).
+        upsample: ``"bilinear"`` (SAMix) or ``"nearest"`` (AutoMix), or a list; one mode is drawn per call with
+            ``random.choices`` (also from a one-element list, so the Python RNG advances as upstream's).
         use_scale: divide the attention logits by ``sqrt(C // reduction)``.
         mask_loss_mode, mask_loss_margin: the regulariser :meth:`mask_loss` computes.
     """
@@ -102,7 +132,8 @@ class Mixer(nn.Module):
         self.mask_layer = mask_layer
         self.inter_channels = max(in_channels // reduction, 1)
         self.lam_mul, self.lam_residual, self.lam_concat = bool(lam_mul), bool(lam_residual), bool(lam_concat)
-        self.lam_mul_k = list(lam_mul_k) if isinstance(lam_mul_k, (list, tuple)) else [lam_mul_k]
+        ks = list(lam_mul_k) if isinstance(lam_mul_k, (list, tuple)) else [lam_mul_k]
+        self.lam_mul_k = [min(k, 10) if k >= 0 else -1 for k in ks]
         self.qk_concat = bool(qk_concat)
         self.upsample = list(upsample) if isinstance(upsample, (list, tuple)) else [upsample]
         for mode in self.upsample:
@@ -114,7 +145,7 @@ class Mixer(nn.Module):
         c_in = in_channels + (1 if lam_concat else 0)
         qk_in = 2 * in_channels if qk_concat else c_in
         self.query = nn.Conv2d(qk_in, self.inter_channels, 1)
-        self.key = nn.Conv2d(qk_in, self.inter_channels, 1)
+        self.key = nn.Conv2d(qk_in, self.inter_channels, 1) if qk_concat else None  # else k shares `query`
         if value_layers == 2:
             self.value = nn.Sequential(
                 nn.Conv2d(c_in, self.inter_channels, 1, bias=False), nn.BatchNorm2d(self.inter_channels),
@@ -131,9 +162,11 @@ class Mixer(nn.Module):
                    upsample="bilinear", mask_loss_mode="L1+Variance", **kw)
 
     @classmethod
-    def automix(cls, in_channels, mask_layer=2, **kw):
-        """AutoMix's configuration: λ concatenation, one-conv value net, nearest upsampling, L1 mask loss."""
-        return cls(in_channels, mask_layer=mask_layer, lam_mul=False, lam_residual=False, lam_concat=True,
+    def automix(cls, in_channels, mask_layer=2, lam_concat=True, **kw):
+        """AutoMix's configuration: one shared q/k conv, one-conv value net, nearest upsampling, L1 mask loss;
+        λ appended as a channel (``lam_concat=True``, the ImageNet configs) or no λ input at all
+        (``lam_concat=False``, the CIFAR-100 and Tiny-ImageNet configs)."""
+        return cls(in_channels, mask_layer=mask_layer, lam_mul=False, lam_residual=False, lam_concat=lam_concat,
                    lam_mul_k=-1, value_layers=1, value_dropout=0.0, qk_concat=False, upsample="nearest",
                    mask_loss_mode="L1", **kw)
 
@@ -148,27 +181,22 @@ class Mixer(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _draw_k(self):
-        if len(self.lam_mul_k) == 1:
-            return self.lam_mul_k[0]
-        return self.lam_mul_k[np.random.randint(len(self.lam_mul_k))]
-
-    def _draw_mode(self):
-        if len(self.upsample) == 1:
-            return self.upsample[0]
-        return self.upsample[np.random.randint(len(self.upsample))]
-
     def encode_lam(self, x_a, x_b, lam):
-        """λ-encoded anchor and partner features (``x_lam`` and ``x_lam_`` upstream)."""
+        """λ-encoded anchor and partner features and the λ the features were scaled with.
+
+        ``lam_mul`` draws ``k`` (``random.choices``, one draw per call as upstream) and multiplies by the
+        rescaled λ; ``lam_concat`` appends the sampled λ itself (upstream rescales only for ``lam_mul``).
+        """
         if self.lam_mul:
+            lam = float(rescale_lam(lam, random.choices(self.lam_mul_k, k=1)[0]))
             if self.lam_residual:
-                return x_a * (1.0 + lam), x_b * (1.0 + (1.0 - lam))
-            return x_a * lam, x_b * (1.0 - lam)
+                return x_a * (1.0 + lam), x_b * (1.0 + (1.0 - lam)), lam
+            return x_a * lam, x_b * (1.0 - lam), lam
         if self.lam_concat:
             n, _, h, w = x_a.shape
             ones = x_a.new_ones(n, 1, h, w)
-            return torch.cat([x_a, ones * lam], 1), torch.cat([x_b, ones * (1.0 - lam)], 1)
-        return x_a, x_b
+            return torch.cat([x_a, ones * lam], 1), torch.cat([x_b, ones * (1.0 - lam)], 1), lam
+        return x_a, x_b, lam
 
     def forward(self, feature, lam, index=None, partner=None, image_width=None, upsample=None):
         """Mask for mixing each sample with its partner.
@@ -181,13 +209,15 @@ class Mixer(nn.Module):
             partner: partner features [N, C, h, w] aligned with ``feature`` (``partner[i]`` pairs with ``i``).
             image_width: width of the images to mix; sets the upsampling factor (:func:`upsample_factor`).
                 ``None`` returns the mask at feature resolution.
-            upsample: overrides the upsampling mode for this call (upstream's ``mask_up_override``).
+            upsample: overrides the upsampling mode for this call (upstream's ``mask_up_override``); otherwise
+                one mode is drawn per call.
 
         Returns:
             dict with ``mask`` [N, 2, H, W] (channel 0: anchor weight, channel 1: partner weight, summing to
             1), ``logits`` [N, 1, h, w] (partner-mask logits before upsampling, fp32), ``attention`` [N, hw, hw]
-            (fp32, rows sum to 1), ``x_lam`` / ``x_lam_`` (λ-encoded anchor / partner features) and
-            ``lam_encoded`` (λ after the rescale; labels and the mask loss use the sampled λ itself).
+            (fp32, rows sum to 1), ``x_lam`` / ``x_lam_`` (the anchor / partner features *before* the λ
+            encoding, as upstream returns them) and ``lam_encoded`` (the λ the features were encoded with:
+            rescaled under ``lam_mul``; labels and the mask loss use the sampled λ itself).
         """
         if (index is None) == (partner is None):
             raise ValueError("pass exactly one of index (a permutation) and partner (features)")
@@ -195,8 +225,7 @@ class Mixer(nn.Module):
         x_b = feature[index] if partner is None else partner
         if x_b.shape != x_a.shape:
             raise ValueError(f"partner features {tuple(x_b.shape)} do not match the anchor's {tuple(x_a.shape)}")
-        lam = float(rescale_lam(float(lam), self._draw_k()))
-        x_lam, x_lam_ = self.encode_lam(x_a, x_b, lam)
+        x_lam, x_lam_, lam = self.encode_lam(x_a, x_b, float(lam))
         n, _, h, w = x_a.shape
 
         v = self.value(x_lam_).reshape(n, 1, h * w).transpose(1, 2)  # [N, hw, 1]
@@ -206,7 +235,8 @@ class Mixer(nn.Module):
         else:
             q_in, k_in = x_lam, x_lam_
         q = self.query(q_in).reshape(n, self.inter_channels, h * w).transpose(1, 2)  # [N, hw, C']
-        k = self.key(k_in).reshape(n, self.inter_channels, h * w)  # [N, C', hw]
+        key = self.query if self.key is None else self.key
+        k = key(k_in).reshape(n, self.inter_channels, h * w)  # [N, C', hw]
         # attention and mask logits in fp32 (upstream forces fp32 here; it overflows in fp16)
         with torch.autocast(device_type=x_a.device.type, enabled=False):
             dt = torch.promote_types(q.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays fp64
@@ -216,14 +246,14 @@ class Mixer(nn.Module):
             attention = logits.softmax(dim=-1)
             s = torch.bmm(attention, v.to(dt)).transpose(1, 2).reshape(n, 1, h, w)
             up = s
+            mode = upsample or random.choices(self.upsample, k=1)[0]  # drawn on every call, as upstream
             if image_width is not None:
                 factor = upsample_factor(self.mask_layer, image_width)
-                mode = upsample or self._draw_mode()
                 if factor != 1:
                     up = F.interpolate(s, scale_factor=factor, mode=mode)
             m = torch.sigmoid(up)
         mask = torch.cat([1.0 - m, m], dim=1)
-        return {"mask": mask, "logits": s, "attention": attention, "x_lam": x_lam, "x_lam_": x_lam_, "lam_encoded": lam}
+        return {"mask": mask, "logits": s, "attention": attention, "x_lam": x_a, "x_lam_": x_b, "lam_encoded": lam}
 
     def mask_loss(self, mask, lam):
         """:func:`mask_loss` with this Mixer's mode and margin."""

@@ -16,12 +16,12 @@ def cosine(base, final, progress):
 def ema_momentum(t, T, base=0.999, end=0.99999, start=0.1):
     """EMA momentum of the key/teacher network at iteration ``t`` of ``T`` (OpenMixup's ``CosineScheduleHook``).
 
-    Constant ``base`` while ``t < start * T``; afterwards ``end - (end - base) * (cos(π t/T) + 1) / 2``. The
-    cosine runs on ``t/T``, not on the progress through ``[start*T, T]``, so the momentum jumps from
-    ``base`` to the cosine's value at ``start`` (0.999 -> ~0.999024 for the defaults); this is what the
-    released runs did.
+    Constant ``base`` while ``t < int(start * T)`` (the hook's integer phase switch: T = 1234 switches at
+    t = 123); afterwards ``end - (end - base) * (cos(π t/T) + 1) / 2``. The cosine runs on ``t/T``, not on the
+    progress through ``[start*T, T]``, so the momentum jumps from ``base`` to the cosine's value at ``start``
+    (0.999 -> ~0.999024 for the defaults); this is what the released runs did.
     """
-    if t < start * T:
+    if t < int(T * start):
         return base
     return end - (end - base) * (math.cos(math.pi * t / T) + 1.0) / 2.0
 

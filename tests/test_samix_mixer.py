@@ -64,7 +64,8 @@ def _reference_automix(m, f, lam, idx, width):
     xa = torch.cat([f, torch.full((n, 1, h, w), lam)], 1)
     xb = torch.cat([f[idx], torch.full((n, 1, h, w), 1 - lam)], 1)
     q = (torch.einsum("oc,nchw->nhwo", m.query.weight[:, :, 0, 0], xa) + m.query.bias).reshape(n, h * w, -1)
-    k = (torch.einsum("oc,nchw->nhwo", m.key.weight[:, :, 0, 0], xb) + m.key.bias).reshape(n, h * w, -1)
+    # one conv for both sides: upstream's PixelMixBlock has no key conv without x_qk_concat
+    k = (torch.einsum("oc,nchw->nhwo", m.query.weight[:, :, 0, 0], xb) + m.query.bias).reshape(n, h * w, -1)
     att = torch.softmax(torch.einsum("nic,njc->nij", q, k) / math.sqrt(q.shape[-1]), dim=-1)
     v = (torch.einsum("oc,nchw->nhw", m.value[0].weight[:, :, 0, 0], xb) + m.value[0].bias).reshape(n, h * w)
     s = torch.einsum("nij,nj->ni", att, v).reshape(n, 1, h, w)

@@ -8,7 +8,8 @@ One iteration (OpenMixup's ``MoCoSAMix`` order, on the demo's MoCo):
 3. Two partner permutations π_bb and π_mb of the (global) batch. The Mixer sees the view-1 features of
    sample i (anchor) and the view-2 features of its partner π(i), and returns the partner's per-pixel
    weight m; the mixture is ``view1_i * (1 - m) + view2_{π(i)} * m``. The backbone's mask is computed
-   without gradient (and rescaled toward λ when its mean strays more than 0.1, "auto" mask adjust).
+   without gradient (and each sample's rescaled to an anchor mean of λ when that mean strays more than 0.1,
+   "auto" mask adjust).
 4. The backbone's mixup-InfoNCE: the mixture is a query with two positives, the key of view 2 of i
    (weight λ) and the key of view 1 of π(i) (weight 1-λ); the queue is the negatives of both.
 5. The Mixer's loss: its own mixture through the *key* encoder (frozen: no parameter gradient, but the
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from common.dist import concat_all_gather, get_rank, is_dist
 from common.mask_figure import save_mask_figure
 from common.mixer import Mixer
+from common.mixer import adjust_mask as common_adjust_mask
 from common.moco import contrastive_logits, dequeue_and_enqueue, momentum_update
 from unmix_cifar import ModelMoCo
 
@@ -69,28 +71,22 @@ def extend_positives(e_a, e_b):
     """Positives extended in feature space (upstream's ``feat_pos_extend="both"``) for the auxiliary term.
 
     A per-element weight B ~ Beta(2, 2) (with probability ½, B + 1: extrapolation beyond the pair) gives
-    ``normalize(B·e_a + (1-B)·e_b)`` and ``normalize(B·e_b + (1-B)·e_a)``. Draws from the torch CPU RNG.
+    ``normalize(B·e_a + (1-B)·e_b)`` and ``normalize(B·e_b + (1-B)·e_a)``. As upstream, the coin is one NumPy
+    ``rand(1) > 0.5`` (extrapolation), drawn before B, which comes from the torch CPU RNG.
     """
+    extrapolate = bool(np.random.rand(1) > 0.5)
     b = torch.distributions.Beta(2.0, 2.0).sample(e_a.shape)
-    if torch.rand(1).item() < 0.5:
+    if extrapolate:
         b = b + 1.0
     b = b.to(e_a.device, e_a.dtype)
     return F.normalize(b * e_a + (1 - b) * e_b, dim=1), F.normalize(b * e_b + (1 - b) * e_a, dim=1)
 
 
 def adjust_mask(mask, lam, margin=0.1):
-    """Upstream's "auto" mask adjust for the backbone's mask [n, 2, H, W] (channel 0: anchor weight).
-
-    If the batch-mean anchor weight exceeds λ + margin, the anchor channel is scaled by λ / mean; if it is below
-    λ - margin, the partner channel is scaled by (1-λ) / (1-mean); the other channel is 1 minus it. Otherwise the
-    mask is returned unchanged. (No host sync: both candidates are computed and selected on the device.)
-    """
-    anchor, partner = mask[:, :1], mask[:, 1:]
-    mean = anchor.mean()
-    down = anchor * (lam / mean)
-    up = 1.0 - partner * ((1.0 - lam) / (1.0 - mean).clamp_min(1e-6))
-    new_anchor = torch.where(mean > lam + margin, down, torch.where(mean < lam - margin, up, anchor))
-    return torch.cat([new_anchor, 1.0 - new_anchor], dim=1)
+    """Upstream's "auto" mask adjust (``MoCoSAMix.mix_mask_adjust``) for the backbone's mask [n, 2, H, W]:
+    ``common.mixer.adjust_mask`` with clamp 1e-10 and ``margin``, **per sample**: each sample whose anchor mean is
+    more than ``margin`` from λ is rescaled to an anchor mean of exactly λ; the others are left as they are."""
+    return common_adjust_mask(mask, lam, margin, 1e-10)
 
 
 def global_partners(n_local, device):
@@ -176,16 +172,17 @@ class MoCoSAMix(ModelMoCo):
         # 2. partners across the global batch: pixels, features and positives all picked by the same π
         im2_all, f2_all = concat_all_gather(im2), concat_all_gather(f2)
         k1_all = concat_all_gather(k1)
-        pi_bb = global_partners(im1.shape[0], im1.device)
-        pi_mb = global_partners(im1.shape[0], im1.device)
         width = im1.shape[-1]
 
-        # 3. backbone: mask without gradient, mixup-InfoNCE through the query encoder
+        # 3. backbone: mask without gradient, mixup-InfoNCE through the query encoder (π_bb drawn, the mask made
+        # and adjusted before π_mb is drawn: upstream's order of random draws)
+        pi_bb = global_partners(im1.shape[0], im1.device)
         with torch.no_grad():
             mask_bb = self.mixer_mask(f1, f2_all[pi_bb], lam_bb, width)
             if self.mask_adjust:
                 mask_bb = adjust_mask(mask_bb, lam_bb)
             mix_bb = im1 * mask_bb[:, :1] + im2_all[pi_bb] * mask_bb[:, 1:]
+        pi_mb = global_partners(im1.shape[0], im1.device)
         z_bb = F.normalize(self.encoder_q(mix_bb), dim=1)
         loss_bb = mixup_info_nce(z_bb, k2, k1_all[pi_bb], self.queue, lam_bb, self.T)
 

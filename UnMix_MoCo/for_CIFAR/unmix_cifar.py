@@ -103,7 +103,8 @@ def build_parser(dataset="cifar10"):
                         "the queue); 0 = off")
     p.add_argument("--mask-weight", default=0.1, type=float, help="--mix samix: weight of the mask loss")
     p.add_argument("--mask-adjust", default=True, action=argparse.BooleanOptionalAction,
-                   help="--mix samix: rescale the backbone's mask toward λ when its mean strays more than 0.1")
+                   help="--mix samix: rescale each sample's backbone mask to an anchor mean of λ when that "
+                        "sample's mean strays more than 0.1 from λ")
     p.add_argument("--mask-every", default=10, type=int,
                    help="--mix samix: save the Mixer's mask figure (masks.png) every N epochs (and the last)")
     p.add_argument("--two-pass", action="store_true",
