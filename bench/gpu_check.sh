@@ -128,7 +128,8 @@ for name in ("cuda_tests", "cuda_resume_tests"):
         rows.append((name, "FAIL", failed[-1]))  # the tests that did not run are missing from the table
     # the resume comparisons print whether the resumed run was bit-exact
     if os.path.isfile(log):
-        rows += [(name, "", ln.strip()) for ln in open(log).read().splitlines() if ": the resumed run is " in ln]
+        rows += [(name, "", ln.strip().lstrip(".")) for ln in open(log).read().splitlines()
+                 if ": the resumed run is " in ln]
 keys = ("device / PIL", "epoch-time ratio", "training step / device data path", "PIL path", "pil ", "device ",
         "Un-Mix single encoding", "Un-Mix two passes", "single encoding", "step time", "NaN guard", "samix /",
         "automix /")

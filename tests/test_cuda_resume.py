@@ -55,7 +55,7 @@ def assert_resumed_as_uninterrupted(full, resumed, what, exact_on_cuda=False):
     """The final weights of the uninterrupted and the killed + resumed run (see the module docstring)."""
     assert full.keys() == resumed.keys()
     exact = all(torch.equal(full[k].cpu(), resumed[k].cpu()) for k in full)
-    print(f"{what}: the resumed run is {'bit-exact' if exact else 'NOT bit-exact'}")
+    print(f"\n{str(what).replace(str(ROOT) + '/', '')}: the resumed run is {'bit-exact' if exact else 'NOT bit-exact'}")
     if DRY or exact_on_cuda:
         assert exact, what
     for k in full:
