@@ -17,7 +17,7 @@ import torchvision
 
 from common.cli import CLIError
 from common.mix import unmix_loss
-from common.moco import freeze_copy, momentum_update
+from common.moco import freeze_copy, full_precision, momentum_update
 
 
 class Encoder(nn.Module):
@@ -55,15 +55,14 @@ def mlp(in_size, hidden, out, layers=2, bn=True):
     return nn.Sequential(*mods, nn.Linear(in_size, out))
 
 
-def _full(t):
-    """Half-precision (autocast) embeddings are upcast: the losses are computed in float32 at least."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 def nt_xent(z0, z1, tau=0.5, norm=True):
     """SimCLR's NT-Xent for two views [N, D] (htdt's ``contrastive_loss``): each anchor has one positive
-    (its other view) and 2N-2 negatives; the mean of both directions."""
-    z0, z1 = _full(z0), _full(z1)
+    (its other view) and 2N-2 negatives; the mean of both directions. Similarities in float32 at least."""
+    with torch.autocast(z0.device.type, enabled=False):
+        return _nt_xent(full_precision(z0), full_precision(z1), tau, norm)
+
+
+def _nt_xent(z0, z1, tau, norm):
     if norm:
         z0, z1 = F.normalize(z0, p=2, dim=1), F.normalize(z1, p=2, dim=1)
     n = z0.size(0)
@@ -78,9 +77,10 @@ def nt_xent(z0, z1, tau=0.5, norm=True):
 
 
 def norm_mse(p, z):
-    """BYOL's loss ``2 - 2 * mean cosine(p, z)`` (htdt's ``norm_mse_loss``)."""
-    p, z = F.normalize(_full(p), p=2, dim=1), F.normalize(_full(z), p=2, dim=1)
-    return 2 - 2 * (p * z).sum(dim=-1).mean()
+    """BYOL's loss ``2 - 2 * mean cosine(p, z)`` (htdt's ``norm_mse_loss``), in float32 at least."""
+    with torch.autocast(p.device.type, enabled=False):
+        p, z = F.normalize(full_precision(p), p=2, dim=1), F.normalize(full_precision(z), p=2, dim=1)
+        return 2 - 2 * (p * z).sum(dim=-1).mean()
 
 
 def target_tau(progress, base_tau=0.99):

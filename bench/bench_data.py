@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from common.data import TwoCrops  # noqa: E402
 from common.device_aug import DeviceLoader  # noqa: E402
 from common.mix import unmix_batch  # noqa: E402
-from common.utils import get_device, worker_count  # noqa: E402
+from common.utils import amp_dtype, get_device, worker_count  # noqa: E402
 
 WORKERS = {"moco": 16, "simclr": 8, "swav": 2}  # the scripts' --workers defaults
 
@@ -102,33 +102,37 @@ def spread(values):
     return f"{statistics.median(values):.2f}x (range {min(values):.2f}-{max(values):.2f})"
 
 
-def make_model(batch, device):
+def make_model(batch, device, amp):
+    """The MoCo demo's model, optimiser and GradScaler (``--amp``: fp16 + GradScaler on CUDA as the script)."""
     from unmix_cifar import ModelMoCo
     torch.manual_seed(0)
     model = ModelMoCo(K=batch * 2 * 4, bn_splits=8, symmetric=True).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
-    return model, opt
+    return model, opt, torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
 
-def train_step(model, opt, im1, im2, amp, device):
+def train_step(model, opt, scaler, im1, im2, amp, device):
+    """unmix_cifar.train_epoch's step: autocast in the scripts' --amp dtype, the (possibly disabled) scaler."""
     mixed, lam = unmix_batch(im1, 0.5, 1.0)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
         loss = model(im1, im2, mixed, lam)
     opt.zero_grad()
-    loss.backward()
-    opt.step()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
 
 
-def time_training(loader_iter, model, opt, steps, amp, device):
+def time_training(loader_iter, model, opt, scaler, steps, amp, device):
     """Seconds per step over ``steps`` steps after one warm-up step, data loading included."""
     it = iter(loader_iter)
     (im1, im2), _ = next(it)
-    train_step(model, opt, im1.to(device), im2.to(device), amp, device)
+    train_step(model, opt, scaler, im1.to(device), im2.to(device), amp, device)
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         (im1, im2), _ = next(it)
-        train_step(model, opt, im1.to(device, non_blocking=True), im2.to(device, non_blocking=True), amp, device)
+        train_step(model, opt, scaler, im1.to(device, non_blocking=True), im2.to(device, non_blocking=True), amp,
+                   device)
     sync(device)
     dt = (time.perf_counter() - t0) / steps
     del it
@@ -148,7 +152,9 @@ def main():
     p.add_argument("--e2e-steps", type=int, default=3, help="timed training steps per path (0: skip)")
     p.add_argument("--e2e-batch", type=int, default=None,
                    help="training batch for the end-to-end ratio (default: --batch-size on CUDA, 16 on a CPU)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast in the training steps")
+    p.add_argument("--amp", action="store_true",
+                   help="the scripts' --amp in the training steps: float16 autocast + GradScaler on CUDA, bfloat16 "
+                        "on a CPU")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = p.parse_args()
     if args.batch_size < 8 or args.batches < 1 or args.repeats < 1 or args.e2e_steps < 0:
@@ -188,23 +194,24 @@ def main():
         e2e_data = FakeCIFAR(max(n_needed, bs), args.image_size, TwoCrops(t), seed=1)
         e2e = {}
         for name in ("pil", "device"):
-            model, opt = make_model(bs, device)
+            model, opt, scaler = make_model(bs, device, args.amp)
             loader = (DataLoader(e2e_data, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
                                  pin_memory=device.type == "cuda") if name == "pil"
                       else DeviceLoader(e2e_data, e2e_data.transform, bs, device))
-            e2e[name] = time_training(loader, model, opt, args.e2e_steps, args.amp, device)
+            e2e[name] = time_training(loader, model, opt, scaler, args.e2e_steps, args.amp, device)
         # the model alone (views already made): what the data path feeds
-        model, opt = make_model(bs, device)
+        model, opt, scaler = make_model(bs, device, args.amp)
         fixed = DeviceLoader(e2e_data, e2e_data.transform, bs, device)
         (im1, im2), _ = next(iter(fixed))
-        train_step(model, opt, im1, im2, args.amp, device)
+        train_step(model, opt, scaler, im1, im2, args.amp, device)
         sync(device)
         t0 = time.perf_counter()
         for _ in range(args.e2e_steps):
-            train_step(model, opt, im1, im2, args.amp, device)
+            train_step(model, opt, scaler, im1, im2, args.amp, device)
         sync(device)
         step_ms = 1000 * (time.perf_counter() - t0) / args.e2e_steps
-        print(f"\nend to end (MoCo + Un-Mix ResNet-18 symmetric, batch {bs}{', bf16' if args.amp else ''}):")
+        amp = f", --amp {str(amp_dtype(device)).removeprefix('torch.')}" if args.amp else ""
+        print(f"\nend to end (MoCo + Un-Mix ResNet-18 symmetric, batch {bs}{amp}):")
         print(f"  PIL path {1000 * e2e['pil']:.1f} ms/step, device path {1000 * e2e['device']:.1f} ms/step, "
               f"model alone {step_ms:.1f} ms/step")
         print(f"  epoch-time ratio PIL / device: {e2e['pil'] / e2e['device']:.2f}x")

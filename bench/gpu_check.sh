@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# One check of the CUDA paths on a GPU machine: the CUDA tests (every training entry point for two steps, with
-# and without mixed precision, --aug device, SwAV + SyncBatchNorm on a one-process NCCL group) and the
-# benchmarks (bench/*.py), then one summary table. Builds its own tiny data (tests/fakedata.py via the tests'
-# fixtures; the benchmarks use synthetic images), needs no network, finishes within about 8 minutes on one GPU.
+# One check of the CUDA paths on a GPU machine, then one summary table:
+#   1. tests/test_cuda.py: every training entry point for two steps, with and without mixed precision, --aug device,
+#      SwAV + SyncBatchNorm on a one-process NCCL group;
+#   2. tests/test_cuda_resume.py: every training script killed after its first checkpoint and resumed (compared with
+#      the uninterrupted run), a resume from a checkpoint saved under more visible GPUs, the evaluations (MoCo lincls,
+#      SwAV linear and semi-supervised), MoCo CIFAR --mix samix --amp, two processes (SyncBatchNorm over NCCL with 2
+#      GPUs; on one GPU two processes sharing it over gloo, the SyncBN test then skipped with its reason);
+#   3. the benchmarks (bench/*.py).
+# Builds its own tiny data (tests/fakedata.py via the tests' fixtures; the benchmarks use synthetic images), needs no
+# network, finishes within about 11 minutes on one GPU.
 #
 #     bash bench/gpu_check.sh              # from the repository root; writes gpu_check/ (logs + summary.txt)
 #     GPU_CHECK_OUT=/tmp/x bash bench/gpu_check.sh
@@ -11,7 +17,8 @@
 #     GPU_CHECK_PYTHON=/path/to/python ...      # the interpreter (default: python3, else python)
 #
 # It runs under the GPU machine's own interpreter and packages, which may be older than requirements.txt's pins:
-# the first step prints their versions and stops in one line if a module the checks import is missing.
+# the first step prints their versions and stops in one line if a module the checks import is missing (only those:
+# torch, torchvision, numpy, pandas, matplotlib, tqdm, PIL, pytest).
 set -u
 # the interpreter and the output folder as given from the caller's folder, then work from the repository root
 PY=$(command -v "${GPU_CHECK_PYTHON:-python3}" || command -v python) \
@@ -21,7 +28,7 @@ OUT=$(realpath -m "${GPU_CHECK_OUT:-$(dirname "$0")/../gpu_check}")
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 # what an earlier check left must not be read as this one's
-rm -f -- "$OUT"/{device.txt,cuda_tests.txt,cuda_tests.xml,summary.txt,logs.tar.gz} "$OUT"/bench_*.txt
+rm -f -- "$OUT"/{device.txt,summary.txt,logs.tar.gz} "$OUT"/cuda_*.{txt,xml} "$OUT"/bench_*.txt
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 start=$(date +%s)
 
@@ -33,12 +40,14 @@ if [ "$DRY" = 1 ]; then
     MOCO=(--batch-size 16 --steps 1 --warmup 0)
     SAMIX=(--batch-size 8 --steps 1 --warmup 0)
     BUDGET=3000
+    SCALE=5  # the CPU runs the GPU's commands far slower: each step's limit x 5
 else
     SIZE=(--repeats 3 --batches 6)
     E2E=(--e2e-steps 5 --amp)
     MOCO=(--batch-size 512 --steps 5)
     SAMIX=(--batch-size 100 --steps 10)
-    BUDGET=450  # seconds for tests + benchmarks; the start and the table add well under a minute
+    SCALE=1
+    BUDGET=640  # seconds for tests + benchmarks; the start and the table add well under a minute
 fi
 left() { echo $(( start + BUDGET - $(date +%s) )); }
 limit() { local t; t=$(left); [ "$t" -gt "$1" ] && t=$1; [ "$t" -lt 5 ] && t=5; echo "$t"; }
@@ -46,7 +55,7 @@ limit() { local t; t=$(left); [ "$t" -gt "$1" ] && t=$1; [ "$t" -lt 5 ] && t=5; 
 DRY=$DRY "$PY" - <<'EOF' | tee "$OUT/device.txt"
 import importlib, os, platform, sys
 missing = []
-for name in ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "tqdm", "PIL", "pytest"):
+for name in ("torch", "torchvision", "numpy", "pandas", "matplotlib", "tqdm", "PIL", "pytest"):  # what the steps import
     try:
         importlib.import_module(name)
     except ImportError:
@@ -72,7 +81,7 @@ EOF
 step() {
     local name=$1 seconds=$2 rc
     shift 2
-    timeout "$(limit "$seconds")" "$PY" "$@" 2>&1 | tee "$OUT/$name.txt"
+    timeout "$(limit $((seconds * SCALE)))" "$PY" "$@" 2>&1 | tee "$OUT/$name.txt"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -eq 124 ]; then
         echo "gpu_check: $name timed out" | tee -a "$OUT/$name.txt"
@@ -81,10 +90,12 @@ step() {
     fi
 }
 
-# 1. the CUDA tests (each runs its entry point as a subprocess on GPU 0)
-step cuda_tests 300 -m pytest -q -m cuda tests/test_cuda.py -rA --durations=0 --junitxml="$OUT/cuda_tests.xml"
+# 1. the CUDA tests (each runs its entry point as a subprocess on GPU 0), 2. the resumes, evaluations, 2 processes
+step cuda_tests 240 -m pytest -q -m cuda tests/test_cuda.py -rA --durations=0 --junitxml="$OUT/cuda_tests.xml"
+step cuda_resume_tests 300 -m pytest -q -m cuda tests/test_cuda_resume.py -rA -s --durations=0 \
+    --junitxml="$OUT/cuda_resume_tests.xml"
 
-# 2. the benchmarks, each with a time limit
+# 3. the benchmarks, each with a time limit
 step bench_data_moco 100 bench/bench_data.py --pipeline moco "${SIZE[@]}" "${E2E[@]}"
 step bench_data_simclr 30 bench/bench_data.py --pipeline simclr "${SIZE[@]}" --e2e-steps 0
 step bench_data_swav 30 bench/bench_data.py --pipeline swav "${SIZE[@]}" --e2e-steps 0
@@ -95,23 +106,30 @@ for b in bench/*.py; do  # benchmarks added later, with their defaults
     step "$(basename "$b" .py)" 45 "$b"
 done
 
-# 3. one summary table
+# one summary table
 "$PY" - "$OUT" "$start" <<'EOF' | tee "$OUT/summary.txt"
 import glob, os, re, sys, time
 import xml.etree.ElementTree as ET
 out, start = sys.argv[1], int(sys.argv[2])
 rows = []
-xml = os.path.join(out, "cuda_tests.xml")
-if os.path.isfile(xml):
-    for case in ET.parse(xml).getroot().iter("testcase"):
-        status = "FAIL" if case.find("failure") is not None or case.find("error") is not None else \
-            "skip" if case.find("skipped") is not None else "pass"
-        rows.append((f"test {case.get('name')}", status, f"{float(case.get('time', 0)):.1f} s"))
-else:
-    rows.append(("CUDA tests", "FAIL", "no junit file (pytest did not run)"))
-failed = [ln for ln in open(os.path.join(out, "cuda_tests.txt")).read().splitlines() if ln.startswith("gpu_check:")]
-if any("timed out" in ln for ln in failed):
-    rows.append(("CUDA tests", "FAIL", failed[-1]))  # the tests that did not run are missing from the table
+for name in ("cuda_tests", "cuda_resume_tests"):
+    xml = os.path.join(out, f"{name}.xml")
+    if os.path.isfile(xml):
+        for case in ET.parse(xml).getroot().iter("testcase"):
+            status = "FAIL" if case.find("failure") is not None or case.find("error") is not None else \
+                "skip" if case.find("skipped") is not None else "pass"
+            why = case.find("skipped").get("message", "")[:100] if status == "skip" else ""
+            rows.append((f"test {case.get('name')}", status, f"{float(case.get('time', 0)):.1f} s {why}".strip()))
+    else:
+        rows.append((name, "FAIL", "no junit file (pytest did not run)"))
+    log = os.path.join(out, f"{name}.txt")
+    failed = [ln for ln in open(log).read().splitlines() if ln.startswith("gpu_check:")] if os.path.isfile(log) else []
+    if any("timed out" in ln for ln in failed):
+        rows.append((name, "FAIL", failed[-1]))  # the tests that did not run are missing from the table
+    # the resume comparisons print whether the resumed run was bit-exact
+    if os.path.isfile(log):
+        rows += [(name, "", ln.strip().lstrip(".")) for ln in open(log).read().splitlines()
+                 if ": the resumed run is " in ln]
 keys = ("device / PIL", "epoch-time ratio", "training step / device data path", "PIL path", "pil ", "device ",
         "Un-Mix single encoding", "Un-Mix two passes", "single encoding", "step time", "NaN guard", "samix /",
         "automix /")
@@ -133,7 +151,7 @@ sys.exit(1 if fails else 0)
 EOF
 status=${PIPESTATUS[0]}
 if [ "${GPU_CHECK_PACK:-0}" = 1 ]; then  # only the files this check wrote, nothing else in $OUT
-    (cd "$OUT" && logs=(device.txt cuda_tests.txt cuda_tests.xml bench_*.txt) \
+    (cd "$OUT" && logs=(device.txt cuda_*.txt cuda_*.xml bench_*.txt) \
         && tar czf logs.tar.gz --ignore-failed-read -- "${logs[@]}" 2>/dev/null && rm -f -- "${logs[@]}")
 fi
 exit "$status"

@@ -45,7 +45,9 @@ def save_atomic(obj, path):
 
 
 def get_rng_state():
-    """Every RNG a training step draws from: Python, NumPy's global RNG, torch CPU and CUDA.
+    """Every RNG a training step draws from: Python, NumPy's global RNG, torch CPU and this process's CUDA
+    device (``torch.cuda.get_rng_state()`` of the current device: one state per process, as the gathered
+    states are, so that a run resumes under any number of visible GPUs).
 
     NumPy's key array is stored as a tensor so that checkpoints holding this state still load with
     ``torch.load(..., weights_only=True)`` (PyTorch >= 2.6's default, used by upstream's tools).
@@ -55,18 +57,33 @@ def get_rng_state():
              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
+def _on_cpu(t):
+    """A checkpoint loaded with ``map_location="cuda:N"`` holds the RNG states as CUDA tensors: back to the CPU."""
+    return t.cpu() if torch.is_tensor(t) else t
+
+
 def set_rng_state(state):
+    """Restores :func:`get_rng_state`'s dict, whatever device its tensors were loaded to.
+
+    ``"cuda"`` is this process's device state; a list (the layout written before: ``get_rng_state_all()``,
+    one state per GPU visible then) gives the current device its entry, the last one if fewer were visible.
+    """
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
-    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys)
+    keys = _on_cpu(keys).numpy() if torch.is_tensor(keys) else np.asarray(keys)
     np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(_on_cpu(state["torch"]))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):
+            if not cuda:
+                return
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(_on_cpu(cuda))
 
 
 def gather_rng_states():
@@ -80,7 +97,8 @@ def gather_rng_states():
 
 
 def restore_rng_states(states, rank, world):
-    """Sets this process's RNGs from :func:`gather_rng_states`'s list (a warning if it does not fit)."""
+    """Sets this process's RNGs from :func:`gather_rng_states`'s list (a warning if it does not fit); the
+    states may have been loaded to any device (:func:`set_rng_state`)."""
     if states is not None and len(states) == world:
         set_rng_state(states[rank])
     else:

@@ -354,6 +354,32 @@ def views_of(transform):
 # ----------------------------------------------------------------------------------------------------------
 # Data on the device, and the loader
 # ----------------------------------------------------------------------------------------------------------
+# --aug device under DDP: every process holds the whole data set on its GPU and, while an image folder is
+# decoded, twice in host memory (the arrays and their stack): 8 processes of a 4 GiB set need ~64 GiB of RAM
+DDP_LIMIT_BYTES = 4 * 2 ** 30
+
+
+def uint8_bytes(dataset):
+    """The size of :func:`dataset_to_uint8`'s images, known before decoding (an image folder: its first image's
+    size times the number of images)."""
+    data = getattr(dataset, "data", None)
+    if isinstance(data, np.ndarray) and data.ndim == 4:
+        return data.nbytes
+    if getattr(dataset, "samples", None) and hasattr(dataset, "loader"):
+        w, h = dataset.loader(dataset.samples[0][0]).size
+        return len(dataset.samples) * w * h * 3
+    return 0
+
+
+def check_fits_every_process(dataset, world):
+    """Refuses ``--aug device`` under DDP (``world`` > 1) for a data set above :data:`DDP_LIMIT_BYTES`."""
+    size = uint8_bytes(dataset)
+    if world > 1 and size > DDP_LIMIT_BYTES:
+        raise CLIError(f"--aug device with {world} processes holds the whole data set ({size / 2 ** 30:.1f} GiB "
+                       f"as uint8) on every process's GPU and twice in host memory while decoding, above the "
+                       f"{DDP_LIMIT_BYTES / 2 ** 30:.0f} GiB limit: use --aug pil")
+
+
 def dataset_to_uint8(dataset):
     """``(images, labels)``: the whole data set as one uint8 (N, C, H, W) tensor and an int64 (N,) tensor, on CPU.
 
@@ -388,6 +414,7 @@ class DeviceLoader:
     """
 
     def __init__(self, dataset, transform, batch_size, device, sampler=None, drop_last=True, rank=0):
+        check_fits_every_process(dataset, getattr(sampler, "num_replicas", 1))  # a DistributedSampler: DDP
         images, labels = dataset_to_uint8(dataset)
         self.images, self.labels = images.to(device), labels.to(device)
         self.device, self.rank = torch.device(device), rank

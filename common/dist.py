@@ -21,6 +21,7 @@ MoCo ImageNet's ``-b`` and ``-j`` keep upstream's meaning with every launcher: t
 **one node** (:func:`per_process`, :func:`per_process_workers`), so the same command line gives the same
 per-process batch whatever the launcher.
 """
+import inspect
 import math
 import os
 import re
@@ -65,12 +66,21 @@ def launcher_env():
     return None
 
 
+# torch >= 2.3: init_process_group(device_id=...) binds the group to one GPU
+BINDS_DEVICE = "device_id" in inspect.signature(dist.init_process_group).parameters
+
+
 def default_backend():
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init_distributed(rank, world_size, dist_url="env://", backend=None, local_rank=0):
-    """Initialises the default process group (if ``world_size`` > 1) and returns the device to use."""
+def init_distributed(rank, world_size, dist_url="env://", backend=None, local_rank=0, timeout=None):
+    """Initialises the default process group (if ``world_size`` > 1) and returns the device to use.
+
+    On CUDA the group is bound to this process's device (``device_id``): NCCL then never guesses the GPU
+    from the rank (wrong under a Slurm placement that is not block-wise). ``timeout`` (a ``timedelta``): how
+    long a collective waits for a peer (torch's default: 10 minutes for NCCL, 30 for gloo).
+    """
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         device = torch.device("cuda", torch.cuda.current_device())
@@ -80,8 +90,10 @@ def init_distributed(rank, world_size, dist_url="env://", backend=None, local_ra
         if dist_url == "env://":
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29500")
-        dist.init_process_group(backend or default_backend(), init_method=dist_url,
-                                world_size=world_size, rank=rank)
+        backend = backend or default_backend()
+        bound = {"device_id": device} if backend == "nccl" and device.type == "cuda" and BINDS_DEVICE else {}
+        dist.init_process_group(backend, init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout,
+                                **bound)
     return device
 
 

@@ -12,6 +12,9 @@ group, ``step()``:
    first step);
 3. runs the inner optimiser's ``step()`` and restores every group's ``weight_decay``.
 
+Step 2 is computed on the parameters' device with ``torch.where`` (apex tested ``pn != 0 and gn != 0`` on
+the host: two device-to-host syncs per parameter and step); the arithmetic is apex's, bit for bit.
+
 ``param_groups``, ``state``, ``state_dict()``, ``load_state_dict()`` and ``zero_grad()`` delegate to the
 inner optimiser (stored as ``.optim``), so checkpoints hold the inner SGD's state_dict as upstream's do.
 It is a duck-typed optimiser that ``torch.amp.GradScaler.step`` accepts (it unscales through
@@ -70,15 +73,14 @@ class LARC:
                 for p in group["params"]:
                     if p.grad is None:
                         continue
+                    # on the device, without a host sync: where a norm is 0 the gradient is kept as it was
                     param_norm = torch.norm(p.data)
                     grad_norm = torch.norm(p.grad.data)
-                    if param_norm != 0 and grad_norm != 0:
-                        adaptive_lr = self.trust_coefficient * param_norm / (
-                            grad_norm + param_norm * wd + self.eps)
-                        if self.clip:
-                            adaptive_lr = torch.clamp(adaptive_lr / group["lr"], max=1)
-                        p.grad.data += wd * p.data
-                        p.grad.data *= adaptive_lr
+                    adaptive_lr = self.trust_coefficient * param_norm / (grad_norm + param_norm * wd + self.eps)
+                    if self.clip:
+                        adaptive_lr = torch.clamp(adaptive_lr / group["lr"], max=1)
+                    scaled = (p.grad.data + wd * p.data) * adaptive_lr
+                    p.grad.data.copy_(torch.where((param_norm != 0) & (grad_norm != 0), scaled, p.grad.data))
         try:
             return self.optim.step(closure) if closure is not None else self.optim.step()
         finally:

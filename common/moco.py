@@ -37,8 +37,20 @@ def dequeue_and_enqueue(queue, queue_ptr, keys):
     queue_ptr[0] = (ptr + n) % K
 
 
+def full_precision(t):
+    """Half-precision (autocast) tensors upcast to float32; others as they are. The similarity products below
+    (and SimCLR/BYOL's) take upcast inputs with autocast off, which would cast them back to half precision."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def contrastive_logits(q, k, queue, T):
-    """Logits ``[q·k, q·queue] / T`` with the positive in column 0 (targets are all zero)."""
+    """Logits ``[q·k, q·queue] / T`` with the positive in column 0 (targets are all zero), float32 at least
+    (under ``--amp`` too: the products run outside autocast)."""
+    with torch.autocast(q.device.type, enabled=False):
+        return _logits(full_precision(q), full_precision(k), full_precision(queue), T)
+
+
+def _logits(q, k, queue, T):
     l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
     l_neg = torch.einsum("nc,ck->nk", q, queue.clone().detach())
     logits = torch.cat([l_pos, l_neg], dim=1)

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import warnings
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +46,9 @@ CHECKPOINT = "model_last.pth"
 HINT = "lower the learning rate (--lr), raise the temperature (--moco-t), or try without --amp"
 # per-session options; every other option of a resumed run comes from its checkpoint unless given again
 SESSION_ARGS = {"resume", "results_dir", "unsafe_load"}
+# DDP: process 0 runs the kNN monitor alone while the others wait in the next collective; NCCL's default
+# 10-minute timeout would end the job during a long monitor (a large ImageFolder), so collectives wait this long
+MONITOR_TIMEOUT = timedelta(hours=2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -397,7 +401,7 @@ def main(dataset="cifar10", argv=None):
                        f"--bn-splits {args.bn_splits}")
     if args.seed is not None:
         seed_everything(args.seed + rank)
-    device = init_distributed(rank, world, local_rank=local_rank)
+    device = init_distributed(rank, world, local_rank=local_rank, timeout=MONITOR_TIMEOUT)
     if rank == 0:
         print(args)
 

@@ -62,7 +62,8 @@ def get_parser():
                       schedule=[60, 80], weight_decay=0.0)
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="a checkpoint.pth.tar of this script")
     p.add_argument("-e", "--evaluate", action="store_true", help="evaluate on val/ and exit")
-    p.add_argument("--seed", default=None, type=int, help="seed python and torch (cudnn deterministic)")
+    p.add_argument("--seed", default=None, type=int,
+                   help="seed python and torch; on a GPU cuDNN deterministic without benchmark autotuning (slower)")
     add_dist_args(p)
     p.add_argument("--pretrained", default="", type=str, metavar="PATH",
                    help="MoCo / Un-Mix pretraining checkpoint (module.encoder_q.* keys)")
@@ -188,7 +189,7 @@ def main_worker(local_index, args, plan):
         rows = list(ckpt.get("log", []))
         restore_rng_states(ckpt.get("rng_states"), rank, world)
         log(f"=> loaded checkpoint '{args.resume}' (epoch {ckpt['epoch']})")
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = args.seed is None  # upstream: always True (its --seed runs were not exact)
 
     # data
     normalize = T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -70,7 +70,8 @@ def get_parser():
     add_unsafe_load_arg(p)
     p.add_argument("--seed", default=None, type=int,
                    help="seeds python/torch (as upstream) and also NumPy with seed+rank (upstream left the "
-                        "Un-Mix draws unseeded)")
+                        "Un-Mix draws unseeded); on a GPU cuDNN deterministic without benchmark autotuning "
+                        "(slower)")
     add_dist_args(p)
     # MoCo
     p.add_argument("--moco-dim", default=128, type=int, help="feature dimension")
@@ -213,7 +214,8 @@ def main_worker(local_index, args, plan):
 
     rows = []
     if args.resume:
-        ckpt = read_resume(args.resume, net, map_location=device, unsafe=args.unsafe_load)
+        # on the CPU (upstream: map_location=cuda:N): load_state_dict copies to the device, the RNG states stay
+        ckpt = read_resume(args.resume, net, unsafe=args.unsafe_load)
         net.load_state_dict(strip_prefix(ckpt["state_dict"], "module."))
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):  # {} from a run without --amp: nothing to restore
@@ -222,7 +224,7 @@ def main_worker(local_index, args, plan):
         rows = list(ckpt.get("log", []))
         restore_rng_states(ckpt.get("rng_states"), rank, world)
         log(f"=> loaded checkpoint '{args.resume}' (epoch {ckpt['epoch']})")
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = args.seed is None  # upstream: always True (its --seed runs were not exact)
 
     out = Path(args.output_dir)
     if is_main:  # the only process that writes: clean up after a kill, re-derive what follows the checkpoint
