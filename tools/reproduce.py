@@ -524,7 +524,9 @@ def run_row(row, scale, out, data, dry_run=False):
 def collect(out):
     """One dict per row folder of ``out`` that holds a run record."""
     results = []
-    for rdir in sorted(p for p in Path(out).iterdir() if (p / RUN_FILE).is_file()):
+    order = {name: i for i, name in enumerate(ROWS)}  # the catalogue's order
+    for rdir in sorted((p for p in Path(out).iterdir() if (p / RUN_FILE).is_file()),
+                       key=lambda p: (order.get(p.name, len(order)), p.name)):
         state = load_state(rdir)
         row, scale = ROWS.get(state["row"]), SCALES.get(state["scale"])
         if row is None or scale is None:
@@ -619,14 +621,16 @@ def draw_figures(out, results):
     def label(r):
         return f"{r['row']} ({r['scale']})"
 
-    # Figure 2: loss and accuracy of the first step, baseline vs mixture, one column per pair
-    p2 = pairs(results, lambda r: (folder(r, 0) / ROWS[r["row"]].steps[0].log).is_file())
+    # Figure 2: loss and downstream accuracy (kNN, linear probe, classifier heads), baseline vs mixture, one
+    # column per pair (the other families' first step logs no downstream accuracy)
+    p2 = pairs(results, lambda r: ROWS[r["row"]].family in ("moco_cifar", "simclr_byol", "samix")
+               and (folder(r, 0) / ROWS[r["row"]].steps[0].log).is_file())
     if p2:
         runs = [(f"{pair[0]['row']} vs {ROWS[pair[1]['row']].name}", label(r), plot_curves.load_run(folder(r, 0)))
                 for pair in p2 for r in pair]
         drawn.append(("Figure 2: training loss and accuracy, baseline (dashed) vs mixture (solid)",
                       out / "figure2.png"))
-        save_figure(plot_curves.figure(runs, "Figure 2 style"), drawn[-1][1])
+        save_figure(plot_curves.figure(runs, "Figure 2: baseline (dashed) vs mixture (solid)"), drawn[-1][1])
     # Figure 3: linear classification top-1/top-5 per epoch of two lincls runs
     p3 = pairs(results, lambda r: ROWS[r["row"]].family == "moco_imagenet" and (folder(r, 1) / "log.csv").is_file())
     if p3:
