@@ -41,8 +41,10 @@ def runs(data, tmp_path_factory):
                         env=script_env(UNMIX_TEST_KILL_AFTER="checkpoint:1"), check=False)
     ckpt = b / ROWS[1] / "train" / "model_last.pth"
     at_kill = torch.load(ckpt, weights_only=False)["epoch"]
+    reproduce.main(["report", str(b), "--no-figures"])
+    partial = (b / "results.md").read_text()
     again = run_script([TOOL, "run", ROWS[1], "--scale", "tiny", "--data", data, "--out", b])
-    return dict(a=a, b=b, killed=killed, at_kill=at_kill, again=again, data=data)
+    return dict(a=a, b=b, killed=killed, at_kill=at_kill, partial=partial, again=again, data=data)
 
 
 def record(folder, row):
@@ -54,6 +56,8 @@ def test_killed_row_continues_to_the_uninterrupted_checkpoint(runs):
     assert_clean_error(runs["killed"], f"{ROWS[1]}: train was killed by signal {int(signal.SIGKILL)}",
                        "run the same command again")
     assert runs["at_kill"] == 1  # killed right after epoch 1's checkpoint, of 3
+    # the interrupted run is reported as partial: 1 of 3 epochs, its epoch-1 kNN, no Δ
+    assert re.search(rf"\| `{ROWS[1]}` \| tiny \| 92.25 \| \d+\.\d+ \(partial\) \| – \| train 1/3 \|", runs["partial"])
     assert "continuing" in runs["again"].stdout
     full = torch.load(runs["a"] / ROWS[1] / "train" / "model_last.pth", weights_only=False)
     cont = torch.load(runs["b"] / ROWS[1] / "train" / "model_last.pth", weights_only=False)
@@ -149,6 +153,8 @@ def test_full_scale_commands_and_bad_input(tmp_path, capsys):
     reproduce.save_state(tmp_path / ROWS[0], dict(row=ROWS[0], scale="small"))
     with pytest.raises(CLIError, match="holds a --scale small run"):
         reproduce.main(["run", ROWS[0], "--scale", "tiny", "--out", str(tmp_path), "--data", str(tmp_path)])
+    with pytest.raises(CLIError, match="unmix_mocov2_800ep needs --data: the dataset's folder holding train/ and val/"):
+        reproduce.main(["run", "unmix_mocov2_800ep", "--out", str(tmp_path)])
     p = run_script([TOOL, "report", tmp_path / "nothing"], check=False)
     assert_clean_error(p, "is not a folder")
 

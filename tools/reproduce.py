@@ -792,6 +792,10 @@ def main(argv=None):
                     print(shell(c))
         return
     data = resolve_data(args, rows, scale)
+    folders = [r.name for r in rows if data is None and r.dataset in ("imagenet", "tiny")]
+    if folders and not args.dry_run:
+        raise CLIError(f"{', '.join(folders)} need{'s' if len(folders) == 1 else ''} --data: the dataset's folder "
+                       "holding train/ and val/")
     for r in rows:
         run_row(r, scale, out, data, args.dry_run)
 
