@@ -180,6 +180,8 @@ def command_key(argv, step):
     for o, v in opts.items():
         if v and o not in PATH_OPTIONS and len(v) > 1 and "/" in v[-1]:
             opts[o] = v[:-1]
+    if opts.get("--data_path", [""])[0] in ("cifar10", "cifar100"):  # SwAV's upstream form names the dataset
+        opts.setdefault("--dataset", opts["--data_path"])
     for o, v in (("--epochs", str(step.default_epochs)),) + step.defaults:
         opts.setdefault(o, [v])
     opts = {o: tuple(v) for o, v in opts.items() if o not in PATH_OPTIONS}
@@ -322,3 +324,17 @@ def test_each_figure_has_its_own_help(figure, words, capsys):
         paper_figures.main([figure, "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and words in out and "--baseline" in out and "--unmix" in out
+
+
+def test_tiny_scale_generates_its_data_once(tmp_path, capsys):
+    root = Path(reproduce.generate_data(tmp_path, ["cifar10", "imagenet"]))
+    assert (root / "cifar10" / "cifar-10-batches-py" / "data_batch_5").is_file()
+    assert len(list((root / "imagenet" / "val").glob("class_*/*.png"))) == 4 * 12
+    stamp = (root / "cifar10" / "cifar-10-batches-py" / "test_batch").stat().st_mtime_ns
+    reproduce.generate_data(tmp_path, ["cifar10"])  # kept, not written again
+    assert (root / "cifar10" / "cifar-10-batches-py" / "test_batch").stat().st_mtime_ns == stamp
+    assert reproduce.generated({"data": str(root / "cifar10")}) and not reproduce.generated({"data": str(tmp_path)})
+    capsys.readouterr()
+    reproduce.main(["run", ROWS[0], "--scale", "tiny", "--out", str(tmp_path), "--dry-run"])
+    cmd = shlex.split(capsys.readouterr().out)
+    assert cmd[cmd.index("--data") + 1] == str(root / "cifar10") and cmd[cmd.index("--epochs") + 1] == "3"
