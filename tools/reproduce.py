@@ -407,6 +407,20 @@ def epochs_done(step, sdir):
     return int(max(eps)) + (1 - step.epoch_base) if eps else 0
 
 
+def checkpoint_epochs(step, sdir):
+    """The epochs finished in the step's newest checkpoint (its log can lag one epoch behind after a kill);
+    read lazily (mmap), 0 when there is none or it cannot be read."""
+    import torch
+    ckpt = newest_checkpoint(step, sdir)
+    if not ckpt:
+        return 0
+    try:
+        epoch = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True).get("epoch")
+    except Exception:  # noqa: BLE001 (a report shows what it can read)
+        return 0
+    return int(epoch) if isinstance(epoch, int) else 0
+
+
 def newest_checkpoint(step, sdir):
     found = sorted(glob.glob(str(Path(sdir) / step.ckpts)))
     return found[-1] if found else None
@@ -549,7 +563,8 @@ def collect(out):
         if row is None or scale is None:
             continue
         planned = state.get("planned") or [scale.planned(s) for s in row.steps]
-        steps = [(s, epochs_done(s, rdir / s.name), p) for s, p in zip(row.steps, planned)]
+        steps = [(s, max(epochs_done(s, rdir / s.name), checkpoint_epochs(s, rdir / s.name)), p)
+                 for s, p in zip(row.steps, planned)]
         ours = row.metric.of(read_log(rdir / row.steps[-1].name / row.steps[-1].log))
         finished = all(d >= p for _, d, p in steps)
         full = scale.name == "full"
