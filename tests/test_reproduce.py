@@ -339,3 +339,33 @@ def test_tiny_scale_generates_its_data_once(tmp_path, capsys):
     reproduce.main(["run", ROWS[0], "--scale", "tiny", "--out", str(tmp_path), "--dry-run"])
     cmd = shlex.split(capsys.readouterr().out)
     assert cmd[cmd.index("--data") + 1] == str(root / "cifar10") and cmd[cmd.index("--epochs") + 1] == "3"
+
+
+def processes_naming(text):
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                found.append(int(d.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_running_step_too(data, tmp_path):
+    """A scheduler's SIGTERM to the tool ends the entry script it runs (no orphan training on)."""
+    import sys
+    import time
+    out = tmp_path / "term"
+    tool = subprocess.Popen([sys.executable, TOOL, "run", ROWS[0], "--scale", "tiny", "--data", str(data), "--out",
+                             str(out)], cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not processes_naming(f"--results-dir {reproduce.show(out / ROWS[0] / 'train')}") and time.time() < deadline:
+        time.sleep(0.1)
+    assert processes_naming(f"--results-dir {reproduce.show(out / ROWS[0] / 'train')}"), "the step never started"
+    tool.send_signal(signal.SIGTERM)
+    assert tool.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    assert not processes_naming(str(out)), "the entry script outlived the tool"
+    assert record(out, ROWS[0])["wall_s"] > 0

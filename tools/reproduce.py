@@ -604,11 +604,12 @@ def write_report(out, results, figures=()):
         w.writeheader()
         w.writerows(results)
     scales = sorted({r["scale"] for r in results})
-    lines = ["# Reproduction results", ""]
+    gen = any(r["data"].startswith("generated ") for r in results)
+    lines = [f"# Reproduction results (scale {', '.join(scales)}{'; generated data' if gen else ''})", ""]
     for s in scales:
         lines.append(f"- **scale `{s}`**: {SCALES[s].about}." + (
             " Its numbers are not comparable with the published ones: no Δ is given." if s != "full" else ""))
-    if any(r["data"].startswith("generated ") for r in results):
+    if gen:
         lines.append("- **generated data**: the rows marked so trained and were evaluated on images this tool "
                      "generated (tests/fakedata.py's CIFAR batches and ImageFolder trees: noise around a "
                      "colour per class), not on the published data sets.")
