@@ -631,7 +631,9 @@ def write_report(out, results, figures=()):
     if any(r["published_note"] for r in results):
         lines += ["", "≈: the published number was read off the paper's plot (±0.3)."]
     if figures:
-        lines += ["", "## Figures", ""] + [f"![{title}]({Path(p).name})  \n{title}" for title, p in figures]
+        lines += ["", "## Figures"]
+        for title, p in figures:
+            lines += ["", f"**{title}**", "", f"![{title}]({Path(p).name})"]
     with atomic_write(out / "results.md") as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
     return out / "results.md"
