@@ -57,12 +57,14 @@ def read_topk(path):
 def figure3(baseline, unmix, labels=("MoCo v2", "MoCo v2 + Un-Mix")):
     """Two panels, top-1 and top-5 against epochs, baseline (dashed) and Un-Mix (solid)."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
     runs = [read_topk(baseline), read_topk(unmix)]
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
     for ax, col, name in zip(axes, ("top1", "top5"), ("top-1", "top-5")):
         for df, label, style in zip(runs, labels, STYLE):
             d = df.dropna(subset=[col])
             ax.plot(d["epoch"], d[col], marker="o" if len(d) < 30 else None, label=label, **style)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(f"linear classification {name}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{name} accuracy (%)")
