@@ -575,7 +575,8 @@ def collect(out):
             published=row.published, published_note="≈ (read off a plot)" if row.approximate else "",
             ours=None if ours is None else round(ours, 2), delta=delta,
             epochs="; ".join(f"{s.name} {d}/{p}" for s, d, p in steps), finished=finished,
-            wall_time=_hms(state.get("wall_s")), command=" && ".join(state["commands"]),
+            wall_time=_hms(state.get("wall_s")) if state.get("executed") else "",  # slurm's: not timed here
+            command=" && ".join(state["commands"]),
             resumed=sum(" --resume" in c for c in state.get("executed", [])),
             commit=", ".join(state["commits"]), folder=str(rdir),
             data=("generated " if generated(state) else "") + state.get("data", "")))
