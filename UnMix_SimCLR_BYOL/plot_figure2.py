@@ -13,10 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd  # noqa: E402
 
 from common.cli import CLIError, HelpFormatter, run_main  # noqa: E402
-from common.logs import runs_figure, save_figure  # noqa: E402
+from common.logs import read_csv_log, runs_figure, save_figure  # noqa: E402
 
 NAMES = {"train_loss": "training loss", "linear_acc@1": "linear-probe top-1 (%)", "knn5_acc@1": "5-NN top-1 (%)",
          "knn200w_acc@1": "200-NN weighted top-1 (%)"}
@@ -31,14 +30,8 @@ def panel_columns(runs):
 
 def read_log(path):
     """``log.csv`` of a run (or of the run folder ``path``)."""
-    path = Path(path)
-    csv = path / "log.csv" if path.is_dir() else path
-    if not csv.is_file():
-        raise CLIError(f"{csv} does not exist (expected a run folder of main_unmix.py or its log.csv)")
-    try:
-        df = pd.read_csv(csv)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise CLIError(f"cannot read {csv}: {e}") from None
+    df = read_csv_log(path, what="a run folder of main_unmix.py or its log.csv")
+    csv = Path(path) / "log.csv" if Path(path).is_dir() else path
     if "epoch" not in df.columns or "train_loss" not in df.columns:
         raise CLIError(f"{csv} has no epoch/train_loss columns: not a log of main_unmix.py")
     return df

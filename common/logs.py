@@ -20,6 +20,22 @@ def write_csv(rows, path, index="epoch"):
     return df
 
 
+def read_csv_log(path, names=("log.csv",), what="a run folder or its log.csv"):
+    """The log ``path`` (or the first of ``names`` in the run folder ``path``) as a DataFrame; a missing or
+    unreadable file is one CLIError naming it and ``what`` was expected."""
+    from .cli import CLIError
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = next((os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))),
+                    os.path.join(path, names[0]))
+    if not os.path.isfile(path):
+        raise CLIError(f"{path} does not exist (expected {what})")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
 # Axis labels in words for every column the training scripts log (a column not listed keeps its name).
 COLUMN_NAMES = {
     "train_loss": "training loss", "loss": "training loss", "base_loss": "loss without the mixture terms",
