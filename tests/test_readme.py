@@ -1,6 +1,7 @@
 """The READMEs and the pages under docs/ stay true: every script they run exists and accepts every option they pass it."""
 import re
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +9,7 @@ from conftest import ROOT, run_script
 
 READMES = ["README.md", "UnMix_MoCo/for_ImageNet/README.md", "UnMix_SwAV/README.md", "UnMix_SimCLR_BYOL/README.md",
            "tools/README.md"] + sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+SUBCOMMAND_SCRIPTS = {"released.py", "reproduce.py", "paper_figures.py"}
 NEEDS_DETECTRON2 = {"UnMix_MoCo/for_ImageNet/detection/train_net.py"}
 
 
@@ -29,8 +31,10 @@ def commands():
                 script = scripts[0]
                 path = (cwd / script) if (cwd / script).is_file() else ROOT / script
                 rest = toks[toks.index(script) + 1:]
-                # a sub-command (tools/released.py list|download|...) has its own options
-                sub = rest[0] if rest and re.fullmatch(r"[a-z][a-z-]*", rest[0]) and "released" in script else None
+                # a sub-command (tools/released.py list|download|..., reproduce.py run|..., paper_figures.py figureN)
+                # has its own options
+                sub = rest[0] if rest and re.fullmatch(r"[a-z][a-z0-9-]*", rest[0]) \
+                    and Path(script).name in SUBCOMMAND_SCRIPTS else None
                 opts = [t.split("=")[0] for t in rest if t.startswith("--")]
                 found.append((readme, path.relative_to(ROOT).as_posix(), sub, opts))
     return found
