@@ -62,16 +62,16 @@ def make_image_folder(root, classes=3, per_class=8, size=32, splits=("train", "v
     return root
 
 
-def structured_images(rng, labels, size=32, classes=10):
+def structured_images(rng, labels, size=32, classes=10, spread=1.0):
     """Images with structure to learn from, [N, 3, size, size] uint8: stripes at an orientation within the
-    class's bin (``pi * (label + U(0, 1)) / classes``), a random period, phase and pair of colours, with a solid
+    class's bin (``pi * (label + U(0, spread)) / classes``; ``spread=0``: one orientation per class), a random period, phase and pair of colours, with a solid
     rectangle of a random colour at a random place. Every image is a distinct instance (orientation, period,
     colours, rectangle), so two augmented views of one image can be told from those of another; the class is a
     shape cue (the orientation bin), not a colour."""
     labels = np.asarray(labels)
     n = len(labels)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    angle = np.pi * (labels + rng.uniform(0, 1, n)) / classes
+    angle = np.pi * (labels + rng.uniform(0, spread, n)) / classes
     period = rng.uniform(4, 12, n)
     phase = rng.uniform(0, 2 * np.pi, n)
     proj = xx[None] * np.cos(angle)[:, None, None] + yy[None] * np.sin(angle)[:, None, None]
