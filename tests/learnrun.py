@@ -10,7 +10,9 @@ Environment (all optional):
 ``LEARN_BREAK=frozen``  parameters whose name matches ``LEARN_FREEZE`` (a regex) get no update (a frozen encoder)
 ``LEARN_BREAK=stale_queue``  MoCo's queue is never updated (``common.moco.dequeue_and_enqueue`` does nothing)
 
-The model is the largest ``nn.Module`` holding the optimizer's first parameter (found once, at the first step).
+The hook is a global optimizer step pre-hook: it sees every torch optimizer's step (SwAV's LARC is a wrapper whose
+inner SGD steps through it). The model is the largest ``nn.Module`` holding the optimizer's first parameter (found
+once, at the first step); ``LEARN_FREEZE`` matches its ``named_parameters`` names.
 """
 import gc
 import os
@@ -43,8 +45,6 @@ def model_of(optimizer):
 
 
 def pre_step(optimizer, args, kwargs):
-    if type(optimizer).__name__ == "LARC":  # a wrapper: its inner SGD step comes through here too
-        return
     model, names = model_of(optimizer)
     init = os.environ.get("LEARN_INIT")
     if init and not os.path.exists(init):
