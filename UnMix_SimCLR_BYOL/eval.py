@@ -21,7 +21,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
+from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_unsafe_load_arg, count,  # noqa: E402
+                        run_main)
 from common.guard import NonFiniteFlag  # noqa: E402
 from common.knn import knn_predict  # noqa: E402
 from common.utils import accuracy, get_device, seed_everything, worker_count  # noqa: E402
@@ -135,7 +136,7 @@ def add_eval_args(p):
     p.add_argument("--knn-k", default=5, type=int, help="k of the majority-vote kNN (htdt)")
     p.add_argument("--monitor-k", default=200, type=int, help="k of the weighted kNN (the MoCo monitor)")
     p.add_argument("--knn-t", default=0.1, type=float, help="temperature of the weighted kNN")
-    p.add_argument("--probe-epochs", default=500, type=int, help="linear-probe epochs (0 skips the probe)")
+    p.add_argument("--probe-epochs", default=500, type=count(MAX_EPOCHS), help="linear-probe epochs (0 skips the probe)")
 
 
 def build_parser():
@@ -150,7 +151,7 @@ def build_parser():
     p.add_argument("--arch", default=None, help="default: the checkpoint's, else resnet18")
     p.add_argument("--crop-size", default=None, type=int, help="default: the checkpoint's, else 32 CIFAR / 64 imagefolder")
     add_eval_args(p)
-    p.add_argument("--batch-size", default=1000, type=int, help="feature-extraction batch size")
+    p.add_argument("--batch-size", default=1000, type=count(MAX_BATCH), help="feature-extraction batch size")
     p.add_argument("--workers", default=8, type=int, help="data loading workers (capped at the CPU count)")
     p.add_argument("--seed", default=0, type=int, help="seeds the linear probe's initialisation and batches")
     p.add_argument("--out", default=None, metavar="JSON", help="also write the results to this file")

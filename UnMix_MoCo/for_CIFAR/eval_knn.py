@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
+from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_unsafe_load_arg, count,  # noqa: E402
+                        run_main)
 from common.knn import extract_features, knn_accuracy  # noqa: E402
 from common.probe import linear_probe  # noqa: E402
 from common.utils import get_device, seed_everything, worker_count  # noqa: E402
@@ -38,8 +39,8 @@ def build_parser():
     p.add_argument("--mode", default="both", choices=["knn", "linear", "both"])
     p.add_argument("--knn-k", default=200, type=int)
     p.add_argument("--knn-t", default=0.1, type=float)
-    p.add_argument("--linear-epochs", default=500, type=int, help="linear probe epochs (Adam, lr 1e-2 -> 1e-6)")
-    p.add_argument("--batch-size", default=512, type=int, help="feature extraction batch size")
+    p.add_argument("--linear-epochs", default=500, type=count(MAX_EPOCHS), help="linear probe epochs (Adam, lr 1e-2 -> 1e-6)")
+    p.add_argument("--batch-size", default=512, type=count(MAX_BATCH), help="feature extraction batch size")
     p.add_argument("--workers", default=16, type=int)
     p.add_argument("--seed", default=0, type=int)
     p.add_argument("--output", default="", help="also write the results to this JSON file")

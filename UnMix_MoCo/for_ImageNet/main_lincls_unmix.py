@@ -248,10 +248,13 @@ def main_worker(local_index, args, plan):
     cleanup()
 
 
-def main(argv=None):
-    args = parse_args(get_parser(), argv, SESSION_ARGS)  # --resume PATH: the run's own settings
+def check_args(args):
     if args.batch_size < 1 or args.epochs < 1 or args.crop_size < 8 or args.workers < 0:
         raise CLIError("--batch-size and --epochs must be >= 1, --crop-size >= 8, -j >= 0")
+
+
+def main(argv=None):
+    args = parse_args(get_parser(), argv, SESSION_ARGS, check_args)  # --resume PATH: the run's own settings
     plan = plan_launch(args)
     for split in ("train", "val"):
         check_image_folder(split_dir(args.data, split), images=True, rank=first_rank(plan, args))

@@ -31,7 +31,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state)
-from common.cli import CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, bool_flag, prepare_output_dir
+from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg,
+                        bool_flag, count, prepare_output_dir, recorded_checks)
 from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
 from common.dist import barrier, cleanup, init_distributed, launcher_env
 from common.guard import check_finite_state, check_loss
@@ -95,8 +96,8 @@ def build_parser(variant):
                         help="global average pooling (else AvgPool2d(6) on resnet50's 7x7 map)")
     parser.add_argument("--use_bn", type=bool_flag, default=False,
                         help="BatchNorm2d before the linear layer (only with --global_pooling false)")
-    parser.add_argument("--epochs", type=int, default=100, help="number of total epochs to run")
-    parser.add_argument("--batch_size", type=int, default=32, help="batch size per process")
+    parser.add_argument("--epochs", type=count(MAX_EPOCHS), default=100, help="number of total epochs to run")
+    parser.add_argument("--batch_size", type=count(MAX_BATCH), default=32, help="batch size per process")
     parser.add_argument("--num_labels", type=int, default=0,
                         help="classes of the linear layer; 0 = the dataset's number of classes "
                              "(upstream: 10 / 100 passed by the CIFAR scripts, 1000 on ImageNet)")
@@ -194,13 +195,16 @@ def loader(dataset, batch_size, workers, sampler=None, shuffle=False):
                       drop_last=False, persistent_workers=False)
 
 
-def parse_run_args(parser, argv=None):
+def parse_run_args(parser, argv=None, check=lambda args: None):
     """``(args, checkpoint, recorded)``: the command line and, with ``--resume`` and a checkpoint in
     ``--dump_path``, that checkpoint (else None) and the run's recorded settings for every option not given
     again (as SwAV pretraining: the output folder, ``--resume`` and the launcher settings are per-session);
-    ``recorded`` = the settings to save with the run, before the run fills in its rank and world size."""
+    ``recorded`` = the settings to save with the run, before the run fills in its rank and world size.
+    ``check(args)``: the script's range checks (an error about a recorded value names the checkpoint)."""
     args = parser.parse_args(argv)
-    ckpt = resumed_checkpoint(parser, args, argv, os.path.join(args.dump_path, CHECKPOINT))
+    ckpt, adopted = resumed_checkpoint(parser, args, argv, os.path.join(args.dump_path, CHECKPOINT))
+    with recorded_checks(adopted):
+        check(args)
     return args, ckpt, dict(vars(args))
 
 
@@ -429,12 +433,14 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
 
 
 def main(variant, argv=None):
-    args, ckpt, recorded = parse_run_args(build_parser(variant), argv)  # --resume: the run's own settings
-    check_positive(args, "epochs", "batch_size", "crop_size", "lr")
-    if variant == "imagenet":
-        check_positive(args, "val_resize")
-    if args.num_labels < 0:
-        raise CLIError(f"--num_labels must be >= 0 (got {args.num_labels})")
+    def check(args):
+        check_positive(args, "epochs", "batch_size", "crop_size", "lr")
+        if variant == "imagenet":
+            check_positive(args, "val_resize")
+        if args.num_labels < 0:
+            raise CLIError(f"--num_labels must be >= 0 (got {args.num_labels})")
+
+    args, ckpt, recorded = parse_run_args(build_parser(variant), argv, check)  # --resume: the run's own settings
     if not args.global_pooling and (args.arch != "resnet50" or variant == "cifar"):
         raise CLIError("--global_pooling false needs resnet50's 7x7 ImageNet feature map "
                        "(AvgPool2d(6) as upstream); use --global_pooling true")

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state, strip_prefix)
-from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args,
-                        bool_flag, prepare_output_dir)
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_QUEUE, RECORDED_DATA_ROOTS, CLIError, HelpFormatter,
+                        add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args, bool_flag, count,
+                        prepare_output_dir, recorded_checks, recorded_data_root)
 from common.data import cifar, image_folder
 from common.device_aug import DeviceLoader, add_aug_arg
 from common.dist import barrier, init_distributed, launcher_env
@@ -118,7 +119,7 @@ def build_parser(variant):
     p.add_argument("--sinkhorn_iterations", type=int, default=3, help="Sinkhorn-Knopp iterations")
     p.add_argument("--feat_dim", type=int, default=128, help="projection (embedding) dimension")
     p.add_argument("--nmb_prototypes", type=int, default=d["nmb_prototypes"], help="number of prototypes")
-    p.add_argument("--queue_length", type=int, default=d["queue_length"],
+    p.add_argument("--queue_length", type=count(MAX_QUEUE), default=d["queue_length"],
                    help="global queue length, rounded to a multiple of batch_size * world_size "
                         "(see --queue_rounding); 0: no queue")
     p.add_argument("--queue_rounding", choices=["down", "up"], default="down",
@@ -126,8 +127,8 @@ def build_parser(variant):
                         "'up' rounds to the next multiple instead")
     p.add_argument("--epoch_queue_starts", type=int, default=d["epoch_queue_starts"],
                    help="epoch from which the queue is used")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs")
-    p.add_argument("--batch_size", type=int, default=d["batch_size"], help="per process")
+    p.add_argument("--epochs", type=count(MAX_EPOCHS), default=d["epochs"], help="training epochs")
+    p.add_argument("--batch_size", type=count(MAX_BATCH), default=d["batch_size"], help="per process")
     p.add_argument("--base_lr", type=float, default=d["base_lr"], help="learning rate after the warmup")
     p.add_argument("--final_lr", type=float, default=d["final_lr"], help="learning rate at the end (cosine)")
     p.add_argument("--freeze_prototypes_niters", type=int, default=d["freeze_prototypes_niters"],
@@ -212,7 +213,10 @@ def cifar_source(data_path, dataset):
     if data_path in ("cifar10", "cifar100"):
         if dataset not in (None, data_path):
             raise CLIError(f"--data_path {data_path} contradicts --dataset {dataset}")
-        return data_path, os.path.join("data", "CIFAR-10" if data_path == "cifar10" else "CIFAR-100")
+        root = os.path.join("data", "CIFAR-10" if data_path == "cifar10" else "CIFAR-100")
+        if recorded_data_root(data_path) is not None:  # a recorded keyword: its folder is only read too
+            RECORDED_DATA_ROOTS[os.path.abspath(root)] = recorded_data_root(data_path)
+        return data_path, root
     if not os.path.isdir(data_path):
         raise CLIError(f"--data_path {data_path} is neither 'cifar10'/'cifar100' nor an existing directory")
     if dataset is None:
@@ -295,15 +299,16 @@ def fill_dump_path(args, variant):
 
 
 def resumed_checkpoint(parser, args, argv, ckpt_path):
-    """With ``--resume`` and a checkpoint at ``ckpt_path``: that checkpoint, its recorded settings adopted into
-    ``args`` for every option not given again (per-session: :data:`SESSION_ARGS`); else ``None``. Also used by
-    the linear and semi-supervised evaluations."""
+    """With ``--resume`` and a checkpoint at ``ckpt_path``: ``(checkpoint, adopted)``, its recorded settings
+    adopted into ``args`` for every option not given again (per-session: :data:`SESSION_ARGS`; ``adopted`` is
+    what :func:`common.cli.adopt_recorded_args` returns, for :func:`common.cli.recorded_checks`); else
+    ``(None, None)``. Also used by the linear and semi-supervised evaluations."""
     if not (args.resume and os.path.isfile(ckpt_path)):
-        return None
+        return None, None
     ckpt = load_checkpoint(ckpt_path, map_location="cpu", unsafe=args.unsafe_load)
-    adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS,
-                        source=str(ckpt_path))
-    return ckpt
+    adopted = adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv,
+                                  SESSION_ARGS, source=str(ckpt_path))
+    return ckpt, adopted
 
 
 def main(variant, argv=None):
@@ -311,8 +316,9 @@ def main(variant, argv=None):
     args = parser.parse_args(argv)
     args.dump_path = fill_dump_path(args, variant)
     ckpt_path = Path(args.dump_path) / "checkpoint.pth.tar"
-    ckpt = resumed_checkpoint(parser, args, argv, ckpt_path)  # the run's own settings, options given override
-    check_args(args, variant)
+    ckpt, adopted = resumed_checkpoint(parser, args, argv, ckpt_path)  # the run's own settings; given ones win
+    with recorded_checks(adopted):
+        check_args(args, variant)
     recorded = dict(vars(args))  # the settings as given, before the run fills in rank, world size, ...
     v = VARIANT[variant]
 
