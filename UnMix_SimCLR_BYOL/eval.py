@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from common.checkpoint import check_compatible, load_checkpoint, strip_prefix  # noqa: E402
 from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_unsafe_load_arg, count,  # noqa: E402
                         run_main)
-from common.guard import NonFiniteFlag  # noqa: E402
+from common.guard import NonFiniteFlag, check_eval, nonfinite  # noqa: E402
 from common.knn import knn_predict  # noqa: E402
 from common.utils import accuracy, get_device, seed_everything, worker_count  # noqa: E402
 from UnMix_SimCLR_BYOL import data as P  # noqa: E402
@@ -101,6 +101,7 @@ def evaluate(encoder, clf_loader, test_loader, device, knn_k=5, monitor_k=200, k
     classes = len(clf_loader.dataset.classes)
     x_train, y_train = embed(encoder, clf_loader, device)
     x_test, y_test = embed(encoder, test_loader, device)
+    check_eval(nonfinite(x_train) + nonfinite(x_test), "the encoder's features", "lower the learning rate (--lr)")
     res = {}
     if probe_epochs > 0:
         res["linear_acc@1"], res["linear_acc@5"] = linear_probe(x_train, y_train, x_test, y_test, classes,

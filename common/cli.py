@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from pathlib import Path
 
 
@@ -37,6 +38,22 @@ def user_error(e):
     return None
 
 
+def tell_launcher(line):
+    """Under ``torchrun`` (which sets ``$TORCHELASTIC_ERROR_FILE`` for each worker): ``line`` becomes the
+    worker's error report, in the JSON layout of torch's own ``ErrorHandler``. torchrun then prints it as the
+    ``traceback :`` field of its "Root Cause" summary, the last line before its closing rule, instead of "To
+    enable traceback see: ...": the user's first line (the worker's own) and last line say what happened."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):  # not under torchrun, or another report was written first
+        return
+    report = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w") as f:
+            json.dump(report, f)
+    except OSError:  # torchrun's summary then says "To enable traceback see: ..."; our line was printed anyway
+        pass
+
+
 def run_main(main, *args, **kwargs):
     """Runs ``main``; a :class:`CLIError` (or a full disk, :func:`user_error`) becomes one line on stderr and
     exit code 2."""
@@ -56,6 +73,7 @@ def run_main(main, *args, **kwargs):
             raise
         prog = os.path.basename(sys.argv[0]) or "unmix"
         print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        tell_launcher(f"{prog}: error: {message}")
         sys.exit(2)
 
 

@@ -479,7 +479,7 @@ def main(dataset="cifar10", argv=None):
         test_acc = float("nan")
         if rank == 0 and (epoch % args.knn_every == 0 or epoch == args.epochs):  # DDP: process 0 monitors
             test_acc = knn_accuracy(model.encoder_q, memory_loader, test_loader, device, args.knn_k, args.knn_t,
-                                    desc=f"Test Epoch: [{epoch}/{args.epochs}]")
+                                    desc=f"Test Epoch: [{epoch}/{args.epochs}]", hint=HINT)
             print(f"Test Epoch: [{epoch}/{args.epochs}] Acc@1:{test_acc:.2f}%")
         # every process's RNG state (a collective), taken after the kNN monitor's draws (its DataLoaders')
         rng_states = gather_rng_states()

@@ -14,6 +14,7 @@ multicast address), the sanity check only runs when ``--pretrained`` is given, a
 ``--pretrained`` file is an error instead of a silent random init.
 """
 import argparse
+import math
 import random
 import sys
 import time
@@ -37,7 +38,7 @@ from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_ou
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
 from common.dist import (add_dist_args, barrier, cleanup, first_rank, is_dist, launch, per_process,  # noqa: E402
                          per_process_workers, plan_launch, setup_worker)
-from common.guard import check_finite_state, check_loss  # noqa: E402
+from common.guard import check_eval, check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
 from common.runstate import copy_atomic, kill_point, remove_partial_files  # noqa: E402
 from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
@@ -142,6 +143,8 @@ def run_epoch(loader, model, criterion, device, optimizer=None, epoch=0, print_f
                 meters[k].update(v, images.size(0))
             if optimizer is not None:  # the NaN guard reads the value the meters read anyway
                 check_loss(meters["loss"].val, epoch, i, HINT)
+            else:  # the validation's too: finite weights whose outputs are NaN must not be saved either
+                check_eval(not math.isfinite(meters["loss"].val), f"the validation loss after epoch {epoch}", HINT)
             if optimizer is not None:
                 optimizer.zero_grad()
                 loss.backward()

@@ -34,8 +34,8 @@ from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint,
 from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg,
                         bool_flag, count, prepare_output_dir, recorded_checks)
 from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
-from common.dist import barrier, cleanup, init_distributed, launcher_env
-from common.guard import check_finite_state, check_loss
+from common.dist import all_reduce_sum, barrier, cleanup, init_distributed, launcher_env
+from common.guard import check_eval, check_finite_state, check_loss, nonfinite
 from common.logs import EpochLine, write_csv
 from common.utils import AverageMeter, accuracy, seed_everything, worker_count
 
@@ -311,20 +311,25 @@ def train_one_epoch(model, head, optimizer, loader_, epoch, device, logger, rank
 
 
 @torch.no_grad()
-def validate(model, head, loader_, device):
-    """``(loss, top1, top5)`` averaged over ``loader_``; ``head`` is None when ``model`` has its own."""
+def validate(model, head, loader_, device, epoch=0):
+    """``(loss, top1, top5)`` averaged over ``loader_``; ``head`` is None when ``model`` has its own. A NaN or
+    inf output or loss in any process stops every process (before the epoch's checkpoint is written)."""
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     model.eval()
     if head is not None:
         head.eval()
     criterion = nn.CrossEntropyLoss()
+    bad = torch.zeros((), device=device)
     for inp, target in loader_:
         inp, target = inp.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(inp) if head is None else head(model(inp))
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
-        losses.update(criterion(output, target).item(), inp.size(0))
+        loss = criterion(output, target)
+        bad += nonfinite(output) + nonfinite(loss)
+        losses.update(loss.item(), inp.size(0))
         top1.update(acc1.item(), inp.size(0))
         top5.update(acc5.item(), inp.size(0))
+    check_eval(all_reduce_sum(bad), f"the validation after epoch {epoch} (outputs or loss)", HINT)
     return losses.avg, top1.avg, top5.avg
 
 
@@ -406,7 +411,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
         logger.info(f"============ Starting epoch {epoch} ... ============")
         sampler.set_epoch(epoch)
         scores = train_one_epoch(model, head, optimizer, train_loader, epoch, device, logger, rank)
-        scores_val = validate(model, head, val_loader, device)
+        scores_val = validate(model, head, val_loader, device, epoch)
         if scores_val[1] > best[0]:
             best = (scores_val[1], scores_val[2])
         if rank == 0:
