@@ -100,11 +100,15 @@ def assert_epoch_lines(output, epochs, total, monitor):
 # ----------------------------------------------------------------------------------------------------------
 # The fast tier: `python -m pytest -m "not slow"` for day-to-day work; CI (.ci/run) runs the whole suite.
 # A test is slow when it starts an entry script or a process (a training run, a job script, a venv, pip): its
-# own code, a fixture it uses, or a helper of its module (two levels deep) calls one of the functions below.
+# own code, a fixture it uses, or a helper of the suite (two levels deep) calls one of the functions below.
 # Unit tests of the formulas, layouts and helpers stay in the fast tier; ``@pytest.mark.slow`` marks by hand.
 # ----------------------------------------------------------------------------------------------------------
 LAUNCHES = re.compile(r"(?<![\w.])(run_script|kill_9_after|killed_then_resumed|two_processes|bash|dry_run|main|"
                       r"_venv|_pip)\(|\bsubprocess\.(run|call|check_call|check_output|Popen)\(|\bmp\.spawn\(")
+
+
+def _in_tests(func):
+    return Path(getattr(func, "__code__", None) and func.__code__.co_filename or "").parent == Path(__file__).parent
 
 
 def _launches(func, depth=2, seen=None):
@@ -123,8 +127,8 @@ def _launches(func, depth=2, seen=None):
         return False
     module = sys.modules.get(getattr(func, "__module__", None))
     for name in set(re.findall(r"(?<![\w.])(\w+)\(", src)):
-        helper = getattr(module, name, None)
-        if inspect.isfunction(helper) and _launches(helper, depth - 1, seen):
+        helper = getattr(module, name, None)  # the suite's own helpers, not the code under test
+        if inspect.isfunction(helper) and _in_tests(helper) and _launches(helper, depth - 1, seen):
             return True
     return False
 
