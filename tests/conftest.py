@@ -127,7 +127,8 @@ def _launches(func, depth=2, seen=None):
         return False
     module = sys.modules.get(getattr(func, "__module__", None))
     for name in set(re.findall(r"(?<![\w.])(\w+)\(", src)):
-        helper = getattr(module, name, None)  # the suite's own helpers, not the code under test
+        helper = getattr(module, name, None)  # the suite's own helpers (also behind lru_cache), not the code
+        helper = inspect.unwrap(helper) if callable(helper) else helper  # under test
         if inspect.isfunction(helper) and _in_tests(helper) and _launches(helper, depth - 1, seen):
             return True
     return False
