@@ -249,10 +249,26 @@ def _recorded_value(parser, action, value):
     for v in items:
         if isinstance(v, bool) and action.type is not bool_flag or not isinstance(v, (str, int, float)):
             raise ValueError("not a number or text")
-        v = parser._get_value(action, v if isinstance(v, str) else repr(v))
+        v = parser._get_value(action, v if isinstance(v, str) else _short(v, None))
         parser._check_value(action, v)
         out.append(v)
     return out if many else out[0]
+
+
+def _short(v, width=60):
+    """``repr(v)``, cut to ``width`` characters (an integer too long to print names its size)."""
+    try:
+        text = repr(v)
+    except ValueError:  # int's 4300-digit limit: refused by any type anyway
+        return f"<an integer of {v.bit_length()} bits>"
+    return text if width is None or len(text) <= width else text[:width - 3] + "..."
+
+
+def _differs(given, recorded):
+    try:
+        return bool(given != recorded)
+    except Exception:  # a recorded value of another type (a tensor, ...): overridden anyway
+        return True
 
 
 def adopt_recorded_args(args, recorded, parser, argv=None, session=(), source="the checkpoint"):
@@ -281,16 +297,18 @@ def adopt_recorded_args(args, recorded, parser, argv=None, session=(), source="t
             try:
                 v = _recorded_value(parser, actions[k], v)
             except (argparse.ArgumentError, ValueError, TypeError) as e:
-                shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+                shown = _short(v)
                 reason = str(e).split(": ", 1)[-1] if isinstance(e, argparse.ArgumentError) else str(e)
+                reason = reason if len(reason) <= 160 else reason[:157] + "..."  # it may quote the value
                 raise CLIError(f"{source} records {names[k]} = {shown}, which the command line would refuse "
                                f"({reason}): not resumed") from None
             setattr(args, k, v)
             overridden.adopted[k] = names[k]
             if k in DATA_OPTIONS and isinstance(v, str):
                 RECORDED_DATA_ROOTS[os.path.abspath(v)] = source
-        elif getattr(args, k) != v:
-            overridden[k] = (getattr(args, k), v)
+        elif _differs(getattr(args, k), v):
+            shown = v if isinstance(v, (str, int, float, list, tuple)) else type(v).__name__
+            overridden[k] = (getattr(args, k), shown)
     what = ", ".join(f"{names[k]} {g} (recorded: {r})" for k, (g, r) in overridden.items())
     print(f"=> resuming with the settings recorded in {source}; "
           + (f"overridden on the command line: {what}" if what else "none overridden"), flush=True)
