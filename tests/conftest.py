@@ -104,7 +104,17 @@ def assert_epoch_lines(output, epochs, total, monitor):
 # Unit tests of the formulas, layouts and helpers stay in the fast tier; ``@pytest.mark.slow`` marks by hand.
 # ----------------------------------------------------------------------------------------------------------
 LAUNCHES = re.compile(r"(?<![\w.])(run_script|kill_9_after|killed_then_resumed|two_processes|bash|dry_run|main|"
-                      r"_venv|_pip)\(|\bsubprocess\.(run|call|check_call|check_output|Popen)\(|\bmp\.spawn\(")
+                      r"_venv|_pip)\(|\bsubprocess\.(run|call|check_call|check_output|Popen)\(|\bspawn\(|"
+                      r"\bstart_method=")
+# in-process training runs and statistics over many draws (> 3 s each here), marked without editing their files
+SLOW_IN_PROCESS = {
+    "tests/test_moco_cifar_cli.py::test_resume_with_amp_of_a_run_started_without_it",
+    "tests/test_moco_imagenet.py::test_pretrain_resume_is_bit_exact_in_process",
+    "tests/test_device_aug.py::test_views_statistics_match_pil_pipeline",
+    "tests/test_simclr_byol_scripts.py::test_resume_alone_finds_the_runs_data",
+    "tests/test_bad_inputs.py::test_moco_imagenet_resume_with_a_state_dict_that_is_not_a_dict",
+    "tests/test_swav_train_units.py::test_train_one_epoch_equals_a_plain_upstream_order_computation",
+}
 
 
 def _in_tests(func):
@@ -140,5 +150,5 @@ def pytest_collection_modifyitems(config, items):
             continue
         fixtures = [d.func for name in item.fixturenames
                     for d in item._fixtureinfo.name2fixturedefs.get(name, ()) if d.baseid]  # the suite's own
-        if any(_launches(f) for f in [item.function, *fixtures]):
+        if item.nodeid.split("[")[0] in SLOW_IN_PROCESS or any(_launches(f) for f in [item.function, *fixtures]):
             item.add_marker(pytest.mark.slow)

@@ -259,6 +259,7 @@ def test_every_evaluation_stops_on_non_finite_outputs():
     assert 0 <= linear.validate(finite, None, loader, torch.device("cpu"))[1] <= 100
 
 
+@pytest.mark.slow  # two short fine-tuning runs in-process
 def test_swav_semisup_one_step_at_lr_1e30_keeps_the_checkpoint(tmp_path, imagenet_like):  # noqa: F811
     """The reported case: one step per epoch at --lr 1e30 leaves finite weights whose outputs are NaN
     ("Test: Loss nan"); the run exited 0 and replaced checkpoint.pth.tar. Now it stops before saving."""

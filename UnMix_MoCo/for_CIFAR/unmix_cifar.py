@@ -371,7 +371,8 @@ def check_resumable(ckpt, path):
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise CLIError(f"{path} has no 'state_dict': not a model_last.pth of this script")
-    if "queue" not in state or not any(isinstance(k, str) and k.startswith("encoder_q.net.") for k in state):
+    if state and ("queue" not in state or not any(isinstance(k, str) and k.startswith("encoder_q.net.")
+                                                  for k in state)):  # (no weights at all: refused when loaded)
         raise CLIError(f"checkpoint {path} does not match the model of this script (no MoCo queue and "
                        "encoder_q.net weights): a checkpoint of another script?")
     if not {"epoch", "optimizer"} <= set(ckpt):
