@@ -120,6 +120,24 @@ def test_zero_lr_warning_needs_no_list_over_the_epochs():
         assert warn_zero_lr_epochs(0.0 for _ in range(20))
 
 
+@pytest.mark.parametrize("cfg", [(0.6, 0.0006, 400, 5, 0.0, 390), (4.8, 0.0048, 200, 10, 0.3, 50),
+                                 (0.6, 0.0006, 1, 5, 0.0, 4), (0.5, 0.0, 3, 2, 0.5, 3), (0.1, 0.1, 3, 0, 0.0, 7)])
+def test_swav_schedule_is_upstreams_array_bit_for_bit_without_holding_it(cfg):
+    """SwAV's per-iteration lr schedule was an array over every iteration of every epoch (4 GB for 100,000
+    ImageNet epochs); entry by entry it equals upstream's array (written out here as upstream built it)."""
+    import numpy as np
+    from UnMix_SwAV.swav.train import lr_schedule
+    base_lr, final_lr, epochs, warmup_epochs, start_warmup, iters = cfg
+    warmup = np.linspace(start_warmup, base_lr, iters * warmup_epochs)
+    n = max(0, iters * (epochs - warmup_epochs))
+    upstream = np.concatenate((warmup, final_lr + 0.5 * (base_lr - final_lr) * (1 + np.cos(np.pi * np.arange(n) / n))))
+    ours = lr_schedule(*cfg)
+    assert len(ours) == len(upstream) and np.array_equal(np.asarray(ours), upstream)
+    assert ours[-1] == upstream[-1] and ours[0] == upstream[0]
+    huge = lr_schedule(0.6, 0.0006, cli.MAX_EPOCHS, 10, 0.0, 5005)  # nothing is computed ahead
+    assert len(huge) == cli.MAX_EPOCHS * 5005 and huge[len(huge) - 1] == pytest.approx(0.0006)
+
+
 @pytest.mark.parametrize("exists", [False, True], ids=["missing-folder", "empty-folder"])
 def test_recorded_data_folder_is_only_read(exists, tmp_path, capsys):
     """A crafted checkpoint's --data decided where a resumed run created folders and downloaded CIFAR. Now a

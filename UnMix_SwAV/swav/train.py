@@ -237,14 +237,41 @@ def build_dataset(args, variant):
     return image_folder(args.data_path, transform=imagenet_multicrop(args))
 
 
-def lr_schedule(base_lr, final_lr, epochs, warmup_epochs, start_warmup, iters_per_epoch):
+class lr_schedule:
     """Per-iteration schedule: ``linspace(start_warmup, base_lr)`` warmup (both ends included), then
-    cosine from base_lr to final_lr; one entry per global iteration."""
-    warmup = np.linspace(start_warmup, base_lr, iters_per_epoch * warmup_epochs)
-    n = max(0, iters_per_epoch * (epochs - warmup_epochs))  # a run shorter than the warmup: warmup only
-    t = np.arange(n)
-    cosine = final_lr + 0.5 * (base_lr - final_lr) * (1 + np.cos(np.pi * t / n))
-    return np.concatenate((warmup, cosine))
+    cosine from base_lr to final_lr; one entry per global iteration.
+
+    Upstream built the whole array (``np.concatenate((warmup, cosine))``); here ``schedule[i]`` computes entry
+    ``i`` with the same float operations (``np.linspace``'s ``i * step + start``, its last entry exactly
+    ``base_lr``; the cosine as upstream wrote it), so the values are the array's, bit for bit, and the memory
+    does not grow with the epoch count. ``len()`` and ``np.asarray(schedule)`` (for tests) as the array."""
+
+    def __init__(self, base_lr, final_lr, epochs, warmup_epochs, start_warmup, iters_per_epoch):
+        self.base_lr, self.final_lr, self.start = base_lr, final_lr, start_warmup
+        self.n_warmup = iters_per_epoch * warmup_epochs
+        self.n = max(0, iters_per_epoch * (epochs - warmup_epochs))  # a run shorter than the warmup: warmup only
+
+    def __len__(self):
+        return self.n_warmup + self.n
+
+    def __getitem__(self, i):
+        i = int(i) + (len(self) if i < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i < self.n_warmup:
+            div = self.n_warmup - 1
+            if div == 0:  # np.linspace(a, b, 1) == [a]
+                return np.float64(self.start)
+            if i == div:
+                return np.float64(self.base_lr)
+            delta = np.float64(self.base_lr) - self.start
+            step = delta / div
+            return (np.float64(i) * step if step != 0 else np.float64(i) / div * delta) + self.start
+        t = np.float64(i - self.n_warmup)
+        return self.final_lr + 0.5 * (self.base_lr - self.final_lr) * (1 + np.cos(np.pi * t / self.n))
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array([self[i] for i in range(len(self))], dtype=dtype)
 
 
 def apply_sync_bn(model, args, world, device):
