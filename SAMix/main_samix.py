@@ -44,7 +44,7 @@ from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_unsa
                         run_main, save_args)
 from common.dist import (add_dist_args, all_reduce_sum, barrier, cleanup, first_rank, is_dist, launch,  # noqa: E402
                          plan_launch, setup_worker)
-from common.guard import NonFiniteError, check_finite_state, check_loss  # noqa: E402
+from common.guard import check_eval, check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_runs, write_csv  # noqa: E402
 from common.runstate import kill_point, remove_partial_files  # noqa: E402
 from common.mix import rand_bbox  # noqa: E402
@@ -196,8 +196,8 @@ def resolve_defaults(args):
         raise CLIError("--ema-momentum, --ema-end and --ema-start must be in [0, 1]")
     if not 0 <= args.eta <= 1:  # η weights the classes outside the mixed pair, at most as much as the pair's (1)
         raise CLIError(f"--eta must be in [0, 1] (got {args.eta})")
-    if args.eta < 0 or args.mask_weight < 0 or args.plot_every < 0 or args.workers < 0:
-        raise CLIError("--eta, --mask-weight, --plot-every and --workers must be non-negative")
+    if args.mask_weight < 0 or args.plot_every < 0 or args.workers < 0:
+        raise CLIError("--mask-weight, --plot-every and --workers must be non-negative")
     # the Mixer upsamples its stage-3 mask x16 above 64 px (ImageNet stem, stride 16) and x4 otherwise
     # (CIFAR stem, stride 4): the image must match the stem
     if args.dataset == "imagenet" and (args.image_size <= 64 or args.image_size % 16):
@@ -350,9 +350,7 @@ def evaluate(net, loader, device, args, epoch=None):
         stats = torch.zeros(2 * len(keys) + 2, dtype=torch.float64, device=device)
     all_reduce_sum(stats)
     net.train()
-    if stats[-2].item():  # every process sees the summed count: all stop, before anything is saved
-        raise NonFiniteError(f"non-finite outputs in the validation after epoch {epoch}: not saving, "
-                             f"{Path(args.output_dir) / CHECKPOINT} was left as it was ({HINT})")
+    check_eval(stats[-2].item(), f"the validation after epoch {epoch}", HINT)  # summed: every process stops
     n = max(stats[-1].item(), 1.0)
     out = {}
     for j, k in enumerate(keys):
