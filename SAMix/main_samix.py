@@ -39,9 +39,9 @@ from tqdm import tqdm  # noqa: E402
 from common import data as D  # noqa: E402
 from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
                                restore_rng_states, save_atomic)
-from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
-                        adopt_recorded_args, count, explicit_options, prepare_output_dir, recorded_checks,
-                        run_main, save_args)
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
+                        adopt_recorded_args, count, explicit_options, prepare_output_dir, recorded_checks, run_main,
+                        save_args)
 from common.dist import (add_dist_args, all_reduce_sum, barrier, cleanup, first_rank, is_dist, launch,  # noqa: E402
                          plan_launch, setup_worker)
 from common.guard import check_eval, check_finite_state, check_loss  # noqa: E402
@@ -152,7 +152,7 @@ def build_parser():
     g.add_argument("--ema-start", default=0.1, type=float,
                    help="fraction of the iterations at constant --ema-momentum before the cosine phase")
     o = p.add_argument_group("run")
-    o.add_argument("--image-size", default=None, type=int,
+    o.add_argument("--image-size", default=None, type=count(MAX_IMAGE),
                    help="training crop size " + _per_dataset("image_size"))
     o.add_argument("-j", "--workers", default=8, type=int, help="data loading workers per process (capped at the CPUs)")
     o.add_argument("--seed", default=0, type=int,

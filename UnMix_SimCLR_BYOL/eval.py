@@ -21,8 +21,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, strip_prefix  # noqa: E402
-from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_unsafe_load_arg, count,  # noqa: E402
-                        run_main)
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
+                        count, run_main)
 from common.guard import NonFiniteFlag, check_eval, nonfinite  # noqa: E402
 from common.knn import knn_predict  # noqa: E402
 from common.utils import accuracy, get_device, seed_everything, worker_count  # noqa: E402
@@ -137,7 +137,8 @@ def add_eval_args(p):
     p.add_argument("--knn-k", default=5, type=int, help="k of the majority-vote kNN (htdt)")
     p.add_argument("--monitor-k", default=200, type=int, help="k of the weighted kNN (the MoCo monitor)")
     p.add_argument("--knn-t", default=0.1, type=float, help="temperature of the weighted kNN")
-    p.add_argument("--probe-epochs", default=500, type=count(MAX_EPOCHS), help="linear-probe epochs (0 skips the probe)")
+    p.add_argument("--probe-epochs", default=500, type=count(MAX_EPOCHS),
+                   help="linear-probe epochs (0 skips the probe)")
 
 
 def build_parser():
@@ -150,7 +151,8 @@ def build_parser():
     p.add_argument("--data", default=None, metavar="DIR",
                    help="dataset root (imagefolder: DIR/train, DIR/val); default: the checkpoint's, else ./data")
     p.add_argument("--arch", default=None, help="default: the checkpoint's, else resnet18")
-    p.add_argument("--crop-size", default=None, type=int, help="default: the checkpoint's, else 32 CIFAR / 64 imagefolder")
+    p.add_argument("--crop-size", default=None, type=count(MAX_IMAGE),
+                   help="default: the checkpoint's, else 32 CIFAR / 64 imagefolder")
     add_eval_args(p)
     p.add_argument("--batch-size", default=1000, type=count(MAX_BATCH), help="feature-extraction batch size")
     p.add_argument("--workers", default=8, type=int, help="data loading workers (capped at the CPU count)")

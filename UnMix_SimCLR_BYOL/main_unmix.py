@@ -26,8 +26,8 @@ from tqdm import tqdm  # noqa: E402
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
-from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
-                        adopt_recorded_args, count, prepare_output_dir, recorded_checks, run_main,
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, MAX_WIDTH, CLIError, HelpFormatter,  # noqa: E402
+                        add_unsafe_load_arg, adopt_recorded_args, count, prepare_output_dir, recorded_checks, run_main,
                         save_args)
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.guard import check_finite_state, check_loss  # noqa: E402
@@ -67,8 +67,9 @@ def build_parser():
     p.add_argument("--drop", default=[50, 25], nargs="*", type=int,
                    help="lr drops at epochs (epochs - d) for each d; none with an empty list")
     p.add_argument("--drop-gamma", default=0.2, type=float, help="lr multiplier at each drop")
-    p.add_argument("--emb", default=64, type=int, help="projection (head output) size")
-    p.add_argument("--head-size", default=1024, type=int, help="hidden width of the head and the BYOL predictor")
+    p.add_argument("--emb", default=64, type=count(MAX_WIDTH), help="projection (head output) size")
+    p.add_argument("--head-size", default=1024, type=count(MAX_WIDTH),
+                   help="hidden width of the head and the BYOL predictor")
     p.add_argument("--head-layers", default=2, type=int, help="Linear layers in the projection head")
     p.add_argument("--tau", default=0.5, type=float, help="SimCLR NT-Xent temperature")
     p.add_argument("--byol-tau", default=0.99, type=float, help="BYOL target momentum at the start (-> 1.0)")
@@ -88,7 +89,8 @@ def build_parser():
     p.add_argument("--eval-every-drop", default=5, type=int, help="evaluation period from the first lr drop on")
     add_eval_args(p)
     # running
-    p.add_argument("--crop-size", default=None, type=int, help="training crop; default 32 CIFAR, 64 imagefolder")
+    p.add_argument("--crop-size", default=None, type=count(MAX_IMAGE),
+                   help="training crop; default 32 CIFAR, 64 imagefolder")
     p.add_argument("--workers", default=8, type=int, help="data loading workers (capped at the CPU count)")
     p.add_argument("--seed", default=None, type=int, help="seed Python, NumPy and torch (htdt: unseeded)")
     p.add_argument("--amp", action="store_true", help="mixed precision with torch.amp (off, as htdt)")

@@ -208,6 +208,9 @@ def explicit_options(parser, argv=None):
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
 MAX_QUEUE = 1 << 22  # keys (MoCo's 65,536 on ImageNet, SwAV's 3,840)
+MAX_WIDTH = 1 << 16  # feature dimensions, hidden widths, prototypes (SwAV RN50w5: 10,240 hidden, 3,000 prototypes)
+MAX_IMAGE = 4096  # image and crop sizes in pixels
+MAX_CROPS = 64  # SwAV's crops per resolution
 
 
 def count(limit):

@@ -28,8 +28,8 @@ from tqdm import tqdm  # noqa: E402
 from common import data as D  # noqa: E402
 from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
                                restore_rng_states, save_atomic, set_rng_state)
-from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_QUEUE, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
-                        adopt_recorded_args, count, prepare_output_dir, recorded_checks, save_args)
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, MAX_QUEUE, MAX_WIDTH, CLIError, HelpFormatter,  # noqa: E402
+                        add_unsafe_load_arg, adopt_recorded_args, count, prepare_output_dir, recorded_checks, save_args)
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.dist import barrier, cleanup, concat_all_gather, get_rank, init_distributed, launcher_env  # noqa: E402
 from common.guard import check_finite_state, check_loss  # noqa: E402
@@ -65,7 +65,7 @@ def build_parser(dataset="cifar10"):
                    help="cosine learning rate schedule (per epoch)")
     p.add_argument("--batch-size", default=512, type=count(MAX_BATCH), help="mini-batch size")
     p.add_argument("--wd", default=5e-4, type=float, help="weight decay")
-    p.add_argument("--moco-dim", default=128, type=int, help="feature dimension")
+    p.add_argument("--moco-dim", default=128, type=count(MAX_WIDTH), help="feature dimension")
     p.add_argument("--moco-k", default=4096, type=count(MAX_QUEUE), help="queue size; number of negative keys")
     p.add_argument("--moco-m", default=0.99, type=float, help="moco momentum of updating key encoder")
     p.add_argument("--moco-t", default=0.1, type=float, help="softmax temperature")
@@ -117,7 +117,7 @@ def build_parser(dataset="cifar10"):
     p.add_argument("--cifar100-stats", action="store_true",
                    help="normalise CIFAR-100 with its own statistics (upstream used CIFAR-10's, which produced "
                         "the published numbers)")
-    p.add_argument("--image-size", default=32, type=int, help="crop size (imagefolder images are resized)")
+    p.add_argument("--image-size", default=32, type=count(MAX_IMAGE), help="crop size (imagefolder images are resized)")
     p.add_argument("--workers", default=16, type=int, help="data loading workers (capped at the CPU count)")
     p.add_argument("--seed", default=None, type=int, help="seed Python, NumPy and torch (upstream: unseeded)")
     p.add_argument("--knn-every", default=1, type=int, help="run the kNN monitor every N epochs (and the last)")

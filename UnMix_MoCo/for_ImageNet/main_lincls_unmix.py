@@ -33,8 +33,8 @@ from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
                                restore_rng_states, save_atomic, strip_prefix)
-from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
-                        save_args)
+from common.cli import (MAX_IMAGE, CLIError, HelpFormatter, add_unsafe_load_arg, count,  # noqa: E402
+                        prepare_output_dir, run_main, save_args)
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
 from common.dist import (add_dist_args, barrier, cleanup, first_rank, is_dist, launch, per_process,  # noqa: E402
                          per_process_workers, plan_launch, setup_worker)
@@ -70,7 +70,7 @@ def get_parser():
     add_unsafe_load_arg(p)
     p.add_argument("--output-dir", default=".", help="where checkpoint.pth.tar / model_best.pth.tar go "
                                                      "(upstream: the cwd)")
-    p.add_argument("--crop-size", default=224, type=int,
+    p.add_argument("--crop-size", default=224, type=count(MAX_IMAGE),
                    help="train RandomResizedCrop / val CenterCrop size; val resizes to 256/224 of it")
     return p
 

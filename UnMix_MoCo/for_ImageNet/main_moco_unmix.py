@@ -33,8 +33,8 @@ from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
                                restore_rng_states, save_atomic, strip_prefix)
-from common.cli import (MAX_QUEUE, CLIError, HelpFormatter, add_unsafe_load_arg, count,  # noqa: E402
-                        prepare_output_dir, run_main, save_args)
+from common.cli import (MAX_IMAGE, MAX_QUEUE, MAX_WIDTH, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
+                        count, prepare_output_dir, run_main, save_args)
 from common.data import TwoCrops, check_image_folder, image_folder, split_dir  # noqa: E402
 from common.dist import (add_dist_args, barrier, cleanup, first_rank, is_dist, launch, per_process,  # noqa: E402
                          per_process_workers, plan_launch, setup_worker)
@@ -73,7 +73,7 @@ def get_parser():
                         "Un-Mix draws unseeded)")
     add_dist_args(p)
     # MoCo
-    p.add_argument("--moco-dim", default=128, type=int, help="feature dimension")
+    p.add_argument("--moco-dim", default=128, type=count(MAX_WIDTH), help="feature dimension")
     p.add_argument("--moco-k", default=65536, type=count(MAX_QUEUE), help="queue size (multiple of the global batch)")
     p.add_argument("--moco-m", default=0.999, type=float, help="key encoder momentum")
     p.add_argument("--moco-t", default=0.07, type=float, help="softmax temperature (0.2 for MoCo v2)")
@@ -91,7 +91,7 @@ def get_parser():
     p.add_argument("--output-dir", default=".", help="where checkpoints and logs go (upstream: the cwd)")
     p.add_argument("--keep-last", default=0, type=int,
                    help="keep only the newest N checkpoint_XXXX.pth.tar (0: keep all, as upstream)")
-    p.add_argument("--crop-size", default=224, type=int, help="RandomResizedCrop size (224 upstream)")
+    p.add_argument("--crop-size", default=224, type=count(MAX_IMAGE), help="RandomResizedCrop size (224 upstream)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision with torch.amp (CUDA float16 + GradScaler, CPU bfloat16); off, as "
                         "upstream MoCo, which had none")

@@ -31,8 +31,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state)
-from common.cli import (MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg,
-                        bool_flag, count, prepare_output_dir, recorded_checks)
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, CLIError, HelpFormatter, add_local_rank_arg,
+                        add_unsafe_load_arg, bool_flag, count, prepare_output_dir, recorded_checks)
 from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
 from common.dist import all_reduce_sum, barrier, cleanup, init_distributed, launcher_env
 from common.guard import check_eval, check_finite_state, check_loss, nonfinite
@@ -101,9 +101,9 @@ def build_parser(variant):
     parser.add_argument("--num_labels", type=int, default=0,
                         help="classes of the linear layer; 0 = the dataset's number of classes "
                              "(upstream: 10 / 100 passed by the CIFAR scripts, 1000 on ImageNet)")
-    parser.add_argument("--crop_size", type=int, default=v["crop_size"], help="training crop size")
+    parser.add_argument("--crop_size", type=count(MAX_IMAGE), default=v["crop_size"], help="training crop size")
     if variant == "imagenet":
-        parser.add_argument("--val_resize", type=int, default=256,
+        parser.add_argument("--val_resize", type=count(MAX_IMAGE), default=256,
                             help="validation Resize before CenterCrop(crop_size)")
     parser.add_argument("--lr", type=float, default=0.3, help="initial learning rate")
     parser.add_argument("--wd", type=float, default=1e-6, help="weight decay")

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.datasets.folder import find_classes
 
-from common.cli import MAX_BATCH, MAX_EPOCHS, CLIError, HelpFormatter, count
+from common.cli import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, CLIError, HelpFormatter, count
 from common.data import check_images, read_image
 from common.dist import cleanup
 from common.utils import seed_everything
@@ -46,8 +46,8 @@ def build_parser():
     add_common_args(parser, VARIANTS["imagenet"])
     parser.add_argument("--epochs", type=count(MAX_EPOCHS), default=20, help="number of total epochs to run")
     parser.add_argument("--batch_size", type=count(MAX_BATCH), default=32, help="batch size per process")
-    parser.add_argument("--crop_size", type=int, default=224, help="training / validation crop size")
-    parser.add_argument("--val_resize", type=int, default=256, help="validation Resize before CenterCrop")
+    parser.add_argument("--crop_size", type=count(MAX_IMAGE), default=224, help="training / validation crop size")
+    parser.add_argument("--val_resize", type=count(MAX_IMAGE), default=256, help="validation Resize before CenterCrop")
     parser.add_argument("--lr", type=float, default=0.01, help="initial learning rate - trunk")
     parser.add_argument("--lr_last_layer", type=float, default=0.2, help="initial learning rate - head")
     parser.add_argument("--decay_epochs", type=int, nargs="+", default=[12, 16],

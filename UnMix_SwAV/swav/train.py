@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state, strip_prefix)
-from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_QUEUE, RECORDED_DATA_ROOTS, CLIError, HelpFormatter,
-                        add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args, bool_flag, count,
-                        prepare_output_dir, recorded_checks, recorded_data_root)
+from common.cli import (MAX_BATCH, MAX_CROPS, MAX_EPOCHS, MAX_IMAGE, MAX_QUEUE, MAX_WIDTH, RECORDED_DATA_ROOTS,
+                        CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args,
+                        bool_flag, count, prepare_output_dir, recorded_checks, recorded_data_root)
 from common.data import cifar, image_folder
 from common.device_aug import DeviceLoader, add_aug_arg
 from common.dist import barrier, init_distributed, launcher_env
@@ -101,8 +101,8 @@ def build_parser(variant):
     else:
         p.add_argument("--data_path", default=d["data_path"],
                        help="the ImageNet TRAIN folder itself (ImageFolder root: <class>/<image>)")
-    p.add_argument("--nmb_crops", type=int, nargs="+", default=d["nmb_crops"], help="crops per resolution")
-    p.add_argument("--size_crops", type=int, nargs="+", default=d["size_crops"], help="crop resolutions")
+    p.add_argument("--nmb_crops", type=count(MAX_CROPS), nargs="+", default=d["nmb_crops"], help="crops per resolution")
+    p.add_argument("--size_crops", type=count(MAX_IMAGE), nargs="+", default=d["size_crops"], help="crop resolutions")
     p.add_argument("--min_scale_crops", type=float, nargs="+", default=d["min_scale_crops"],
                    help="RandomResizedCrop minimum scale per resolution")
     p.add_argument("--max_scale_crops", type=float, nargs="+", default=d["max_scale_crops"],
@@ -117,8 +117,8 @@ def build_parser(variant):
     p.add_argument("--improve_numerical_stability", type=bool_flag, default=False,
                    help="subtract the global max before exp (old Sinkhorn, CIFAR only)")
     p.add_argument("--sinkhorn_iterations", type=int, default=3, help="Sinkhorn-Knopp iterations")
-    p.add_argument("--feat_dim", type=int, default=128, help="projection (embedding) dimension")
-    p.add_argument("--nmb_prototypes", type=int, default=d["nmb_prototypes"], help="number of prototypes")
+    p.add_argument("--feat_dim", type=count(MAX_WIDTH), default=128, help="projection (embedding) dimension")
+    p.add_argument("--nmb_prototypes", type=count(MAX_WIDTH), default=d["nmb_prototypes"], help="number of prototypes")
     p.add_argument("--queue_length", type=count(MAX_QUEUE), default=d["queue_length"],
                    help="global queue length, rounded to a multiple of batch_size * world_size "
                         "(see --queue_rounding); 0: no queue")
@@ -142,7 +142,7 @@ def build_parser(variant):
     add_local_rank_arg(p)
     p.add_argument("--arch", default=d["arch"], choices=list(ARCHS),
                    help="resnet18 is upstream's CIFAR Bottleneck [2, 2, 2, 2] network (2048-d features)")
-    p.add_argument("--hidden_mlp", type=int, default=d["hidden_mlp"], help="projection head hidden width")
+    p.add_argument("--hidden_mlp", type=count(MAX_WIDTH), default=d["hidden_mlp"], help="projection head hidden width")
     p.add_argument("--workers", type=int, default=d["workers"], help="data workers per process")
     p.add_argument("--checkpoint_freq", type=int, default=25, help="keep checkpoints/ckp-{epoch}.pth every N")
     p.add_argument("--use_fp16", type=bool_flag, default=True,
