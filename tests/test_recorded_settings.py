@@ -20,7 +20,7 @@ from test_bad_inputs import one_error_line, snapshot
 from test_swav_eval import imagenet_like  # noqa: F401  (a fixture)
 from test_safety import script
 from common import cli
-from common.cli import CLIError, adopt_recorded_args, recorded_checks
+from common.cli import CLIError, adopt_recorded_args
 from common.guard import NonFiniteError
 
 C10 = "UnMix_MoCo/for_CIFAR/unmix_c10.py"
@@ -65,10 +65,10 @@ def test_adopted_values_go_through_the_parsers_type_choices_and_bounds():
     # a range check of the script names the recorded option and the file; one about a typed value does not
     resumed = adopt_recorded_args(p.parse_args([]), {"lr": -1.0}, p, [], source="F.pth")
     with pytest.raises(CLIError, match=r"^--lr must be >= 0 \(--lr as recorded in F\.pth: not resumed"):
-        with recorded_checks(resumed):
+        with cli.recorded_checks(resumed):
             raise CLIError("--lr must be >= 0")
     with pytest.raises(CLIError, match=r"^--epochs must be >= 1$"):
-        with recorded_checks(resumed):
+        with cli.recorded_checks(resumed):
             raise CLIError("--epochs must be >= 1")
 
 
