@@ -40,11 +40,12 @@ from tqdm import tqdm  # noqa: E402
 from common import data as D  # noqa: E402
 from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
                                restore_rng_states, save_atomic)
-from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, adopt_recorded_args,  # noqa: E402
-                        explicit_options, prepare_output_dir, run_main, save_args)
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
+                        adopt_recorded_args, count, explicit_options, prepare_output_dir, recorded_checks, run_main,
+                        save_args)
 from common.dist import (add_dist_args, all_reduce_sum, barrier, cleanup, first_rank, is_dist, launch,  # noqa: E402
                          plan_launch, setup_worker)
-from common.guard import check_finite_state, check_loss  # noqa: E402
+from common.guard import check_eval, check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, plot_runs, write_csv  # noqa: E402
 from common.runstate import kill_point, remove_partial_files  # noqa: E402
 from common.mix import rand_bbox  # noqa: E402
@@ -107,8 +108,8 @@ def build_parser():
                    help="none: vanilla; mixup / cutmix: hand-crafted baselines; automix / samix: learnable Mixer")
     p.add_argument("-a", "--arch", default=None, choices=list(ARCHS),
                    help="backbone; resnet_tiny is a tiny test network, not a published model (default: resnet18)")
-    p.add_argument("--epochs", default=None, type=int, help="epochs " + _per_dataset("epochs"))
-    p.add_argument("-b", "--batch-size", default=None, type=int,
+    p.add_argument("--epochs", default=None, type=count(MAX_EPOCHS), help="epochs " + _per_dataset("epochs"))
+    p.add_argument("-b", "--batch-size", default=None, type=count(MAX_BATCH),
                    help="images per process (per GPU) " + _per_dataset("batch_size"))
     p.add_argument("--lr", default=None, type=float, help="backbone learning rate " + _per_dataset("lr"))
     p.add_argument("--min-lr", default=None, type=float,
@@ -153,7 +154,7 @@ def build_parser():
     g.add_argument("--ema-start", default=0.1, type=float,
                    help="fraction of the iterations at constant --ema-momentum before the cosine phase")
     o = p.add_argument_group("run")
-    o.add_argument("--image-size", default=None, type=int,
+    o.add_argument("--image-size", default=None, type=count(MAX_IMAGE),
                    help="training crop size " + _per_dataset("image_size"))
     o.add_argument("-j", "--workers", default=8, type=int, help="data loading workers per process (capped at the CPUs)")
     o.add_argument("--seed", default=0, type=int,
@@ -195,8 +196,10 @@ def resolve_defaults(args):
         raise CLIError("--lam-margin must be in [0, 0.5), --mask-adjust in [0, 1] and --mixer-dropout in [0, 1)")
     if not 0 <= args.ema_momentum <= 1 or not 0 <= args.ema_end <= 1 or not 0 <= args.ema_start <= 1:
         raise CLIError("--ema-momentum, --ema-end and --ema-start must be in [0, 1]")
-    if args.eta < 0 or args.mask_weight < 0 or args.plot_every < 0 or args.workers < 0:
-        raise CLIError("--eta, --mask-weight, --plot-every and --workers must be non-negative")
+    if not 0 <= args.eta <= 1:  # η weights the classes outside the mixed pair, at most as much as the pair's (1)
+        raise CLIError(f"--eta must be in [0, 1] (got {args.eta})")
+    if args.mask_weight < 0 or args.plot_every < 0 or args.workers < 0:
+        raise CLIError("--mask-weight, --plot-every and --workers must be non-negative")
     # the Mixer upsamples its stage-3 mask x16 above 64 px (ImageNet stem, stride 16) and x4 otherwise
     # (CIFAR stem, stride 4): the image must match the stem
     if args.dataset == "imagenet" and (args.image_size <= 64 or args.image_size % 16):
@@ -325,7 +328,7 @@ def train_epoch(model, net, loader, optimizer, scaler, epoch, args, device, sche
 
 
 @torch.no_grad()
-def evaluate(net, loader, device, args):
+def evaluate(net, loader, device, args, epoch=None):
     """Top-1 / top-5 of every head over this process's share of the validation set, summed over processes."""
     net.eval()
     keys = None
@@ -336,18 +339,20 @@ def evaluate(net, loader, device, args):
             logits = net.evaluate(x)
         keys = keys or list(logits)
         if stats is None:
-            stats = torch.zeros(2 * len(keys) + 1, dtype=torch.float64, device=device)
+            stats = torch.zeros(2 * len(keys) + 2, dtype=torch.float64, device=device)
         for j, k in enumerate(keys):
             top = logits[k].float().topk(min(5, logits[k].size(1)), dim=1).indices
             hit = top.eq(y[:, None])
             stats[2 * j] += hit[:, :1].any(1).sum()
             stats[2 * j + 1] += hit.any(1).sum()
+            stats[-2] += (~torch.isfinite(logits[k])).sum()  # the NaN guard of the evaluation (no extra sync)
         stats[-1] += y.numel()
     keys = keys or list(HEADS if isinstance(net, MixerModel) else ("one_q",))
     if stats is None:
-        stats = torch.zeros(2 * len(keys) + 1, dtype=torch.float64, device=device)
+        stats = torch.zeros(2 * len(keys) + 2, dtype=torch.float64, device=device)
     all_reduce_sum(stats)
     net.train()
+    check_eval(stats[-2].item(), f"the validation after epoch {epoch}", HINT)  # summed: every process stops
     n = max(stats[-1].item(), 1.0)
     out = {}
     for j, k in enumerate(keys):
@@ -413,7 +418,7 @@ def main_worker(local_index, args, plan):
         restore_rng_states(ckpt.get("rng_states"), rank, world)
         log(f"=> resumed {args.resume} at epoch {start}")
 
-    out = Path(args.output_dir)
+    out = prepare_output_dir(args.output_dir, True, CHECKPOINT)  # checked in main(); the inputs are accepted
     if show:  # the only process that writes: what a kill during an atomic write left, then the derived files
         remove_partial_files(out)
         save_args(args, out / "args.json")
@@ -429,7 +434,7 @@ def main_worker(local_index, args, plan):
             sampler.set_epoch(epoch)
         lrs = set_epoch_lr(optimizer, epoch, args)
         stats = train_epoch(model, net, loader, optimizer, scaler, epoch, args, device, (mask_weight, total), show)
-        acc = evaluate(net, val_loader, device, args)
+        acc = evaluate(net, val_loader, device, args, epoch + 1)
         row = {"epoch": epoch + 1, "lr": lrs["backbone"]}
         if isinstance(net, MixerModel):
             row["mixer_lr"] = lrs["mixer"]
@@ -476,7 +481,7 @@ RUNTIME_OPTIONS = {"resume", "output_dir", "world_size", "rank", "dist_url", "di
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    ckpt = None
+    ckpt = resumed = None
     if args.resume:
         ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load)  # fail early, before any process starts
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("args"), dict) or "state_dict" not in ckpt:
@@ -487,10 +492,11 @@ def main(argv=None):
         for key in ("dataset", "mix", "arch"):
             if key in given and ckpt["args"].get(key) != getattr(args, key):
                 raise CLIError(f"--{key} {getattr(args, key)} differs from the checkpoint's {ckpt['args'].get(key)}")
-        adopt_recorded_args(args, ckpt["args"], parser, argv, RUNTIME_OPTIONS, args.resume)
+        resumed = adopt_recorded_args(args, ckpt["args"], parser, argv, RUNTIME_OPTIONS, args.resume)
         if not args.output_dir:
             args.output_dir = os.path.dirname(args.resume) or "."  # as given: the plots' title is the folder
-    args = resolve_defaults(args)
+    with recorded_checks(resumed):
+        args = resolve_defaults(args)
     if ckpt is not None and ckpt.get("epoch", 0) >= args.epochs:
         warnings.warn(f"the checkpoint already holds {ckpt['epoch']} of {args.epochs} epochs: nothing to train")
     plan = plan_launch(args)
@@ -498,7 +504,9 @@ def main(argv=None):
         for split in ("train", "val"):
             D.check_image_folder(D.split_dir(args.data, split), images=True, rank=first_rank(plan, args))
     args.output_dir = args.output_dir or f"./work_dirs/{args.dataset}_{args.arch}_{args.mix}"
-    prepare_output_dir(args.output_dir, bool(args.resume), CHECKPOINT)
+    # a resumed run writes into its own folder or a new or empty one, never over another run; the folder is
+    # created by the worker once the inputs (data, checkpoint) are accepted
+    prepare_output_dir(args.output_dir, args.resume, CHECKPOINT, create=False)
     launch(main_worker, args, plan)
     return Path(args.output_dir)
 

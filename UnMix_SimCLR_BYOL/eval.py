@@ -21,8 +21,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
-from common.guard import NonFiniteFlag  # noqa: E402
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
+                        count, run_main)
+from common.guard import NonFiniteFlag, check_eval, nonfinite  # noqa: E402
 from common.knn import knn_predict  # noqa: E402
 from common.utils import accuracy, get_device, seed_everything, worker_count  # noqa: E402
 from UnMix_SimCLR_BYOL import data as P  # noqa: E402
@@ -100,6 +101,7 @@ def evaluate(encoder, clf_loader, test_loader, device, knn_k=5, monitor_k=200, k
     classes = len(clf_loader.dataset.classes)
     x_train, y_train = embed(encoder, clf_loader, device)
     x_test, y_test = embed(encoder, test_loader, device)
+    check_eval(nonfinite(x_train) + nonfinite(x_test), "the encoder's features", "lower the learning rate (--lr)")
     res = {}
     if probe_epochs > 0:
         res["linear_acc@1"], res["linear_acc@5"] = linear_probe(x_train, y_train, x_test, y_test, classes,
@@ -135,7 +137,8 @@ def add_eval_args(p):
     p.add_argument("--knn-k", default=5, type=int, help="k of the majority-vote kNN (htdt)")
     p.add_argument("--monitor-k", default=200, type=int, help="k of the weighted kNN (the MoCo monitor)")
     p.add_argument("--knn-t", default=0.1, type=float, help="temperature of the weighted kNN")
-    p.add_argument("--probe-epochs", default=500, type=int, help="linear-probe epochs (0 skips the probe)")
+    p.add_argument("--probe-epochs", default=500, type=count(MAX_EPOCHS),
+                   help="linear-probe epochs (0 skips the probe)")
 
 
 def build_parser():
@@ -148,9 +151,10 @@ def build_parser():
     p.add_argument("--data", default=None, metavar="DIR",
                    help="dataset root (imagefolder: DIR/train, DIR/val); default: the checkpoint's, else ./data")
     p.add_argument("--arch", default=None, help="default: the checkpoint's, else resnet18")
-    p.add_argument("--crop-size", default=None, type=int, help="default: the checkpoint's, else 32 CIFAR / 64 imagefolder")
+    p.add_argument("--crop-size", default=None, type=count(MAX_IMAGE),
+                   help="default: the checkpoint's, else 32 CIFAR / 64 imagefolder")
     add_eval_args(p)
-    p.add_argument("--batch-size", default=1000, type=int, help="feature-extraction batch size")
+    p.add_argument("--batch-size", default=1000, type=count(MAX_BATCH), help="feature-extraction batch size")
     p.add_argument("--workers", default=8, type=int, help="data loading workers (capped at the CPU count)")
     p.add_argument("--seed", default=0, type=int, help="seeds the linear probe's initialisation and batches")
     p.add_argument("--out", default=None, metavar="JSON", help="also write the results to this file")

@@ -26,8 +26,9 @@ from tqdm import tqdm  # noqa: E402
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,  # noqa: E402
                                set_rng_state)
-from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, adopt_recorded_args,  # noqa: E402
-                        prepare_output_dir, run_main, save_args)
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, MAX_WIDTH, CLIError, HelpFormatter,  # noqa: E402
+                        add_unsafe_load_arg, adopt_recorded_args, count, prepare_output_dir, recorded_checks, run_main,
+                        save_args)
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.guard import check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
@@ -58,16 +59,17 @@ def build_parser():
                    help="dataset root: CIFAR is downloaded here when missing; for imagefolder, DIR/train and "
                         "DIR/val hold class folders")
     p.add_argument("-a", "--arch", default="resnet18", help="torchvision ResNet (small-image stem applied)")
-    p.add_argument("--epochs", default=1000, type=int, help="training epochs")
-    p.add_argument("--batch-size", default=512, type=int, help="original images per batch (N)")
+    p.add_argument("--epochs", default=1000, type=count(MAX_EPOCHS), help="training epochs")
+    p.add_argument("--batch-size", default=512, type=count(MAX_BATCH), help="original images per batch (N)")
     p.add_argument("--lr", default=3e-3, type=float, help="Adam learning rate")
     p.add_argument("--adam-l2", default=1e-6, type=float, help="Adam weight_decay (coupled L2, not AdamW)")
     p.add_argument("--warmup-iters", default=500, type=int, help="linear warmup iterations (0: none)")
     p.add_argument("--drop", default=[50, 25], nargs="*", type=int,
                    help="lr drops at epochs (epochs - d) for each d; none with an empty list")
     p.add_argument("--drop-gamma", default=0.2, type=float, help="lr multiplier at each drop")
-    p.add_argument("--emb", default=64, type=int, help="projection (head output) size")
-    p.add_argument("--head-size", default=1024, type=int, help="hidden width of the head and the BYOL predictor")
+    p.add_argument("--emb", default=64, type=count(MAX_WIDTH), help="projection (head output) size")
+    p.add_argument("--head-size", default=1024, type=count(MAX_WIDTH),
+                   help="hidden width of the head and the BYOL predictor")
     p.add_argument("--head-layers", default=2, type=int, help="Linear layers in the projection head")
     p.add_argument("--tau", default=0.5, type=float, help="SimCLR NT-Xent temperature")
     p.add_argument("--byol-tau", default=0.99, type=float, help="BYOL target momentum at the start (-> 1.0)")
@@ -87,7 +89,8 @@ def build_parser():
     p.add_argument("--eval-every-drop", default=5, type=int, help="evaluation period from the first lr drop on")
     add_eval_args(p)
     # running
-    p.add_argument("--crop-size", default=None, type=int, help="training crop; default 32 CIFAR, 64 imagefolder")
+    p.add_argument("--crop-size", default=None, type=count(MAX_IMAGE),
+                   help="training crop; default 32 CIFAR, 64 imagefolder")
     p.add_argument("--workers", default=8, type=int, help="data loading workers (capped at the CPU count)")
     p.add_argument("--seed", default=None, type=int, help="seed Python, NumPy and torch (htdt: unseeded)")
     p.add_argument("--amp", action="store_true", help="mixed precision with torch.amp (off, as htdt)")
@@ -206,9 +209,11 @@ def main(argv=None):
         raise CLIError(f"{args.resume} holds no recorded settings ('args'): only a model_last.pth written by "
                        "this script can be resumed (htdt's {method}_{dataset}_{ep}.pt files hold weights only: "
                        "evaluate them with eval.py)")
+    resumed = None
     if ckpt is not None:  # --resume PATH alone continues the run with its own settings
-        adopt_recorded_args(args, ckpt["args"], parser, argv, SESSION_ARGS)
-    check_args(args)
+        resumed = adopt_recorded_args(args, ckpt["args"], parser, argv, SESSION_ARGS, args.resume)
+    with recorded_checks(resumed):
+        check_args(args)
     if args.resume and not args.results_dir:
         args.results_dir = os.path.dirname(os.path.abspath(args.resume))
     args.results_dir = args.results_dir or default_results_dir(args)
@@ -223,8 +228,8 @@ def main(argv=None):
     if len(train_data) < args.batch_size:
         raise CLIError(f"the training set has {len(train_data)} images, fewer than one batch of {args.batch_size}")
     clf_loader, test_loader = eval_loaders(args.dataset, args.data, args.crop_size, 1000, args.workers, device)
-    results_dir = prepare_output_dir(args.results_dir, resume=args.resume, marker=CHECKPOINT)
-    remove_partial_files(results_dir)  # what a kill during an atomic write left
+    # checked now, created once the inputs (the checkpoint too) are accepted: a refused run leaves no folder
+    results_dir = prepare_output_dir(args.results_dir, resume=args.resume, marker=CHECKPOINT, create=False)
     # htdt: shuffle, drop_last (97 iterations per CIFAR epoch at batch 512)
     if args.aug == "device":
         train_loader = DeviceLoader(train_data, train_data.transform, args.batch_size, device)
@@ -252,6 +257,9 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):  # {} from a run without --amp (or on the CPU): nothing to restore
             scaler.load_state_dict(ckpt["scaler"])
+    prepare_output_dir(args.results_dir, resume=args.resume, marker=CHECKPOINT)
+    remove_partial_files(results_dir)  # what a kill during an atomic write left
+    if ckpt is not None:
         start_epoch = ckpt["epoch"]  # finished epochs
         step = ckpt.get("step", start_epoch * len(train_loader))
         log_rows = ckpt.get("log", [])

@@ -5,8 +5,10 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import sys
+import time
 from pathlib import Path
 
 
@@ -36,6 +38,22 @@ def user_error(e):
     return None
 
 
+def tell_launcher(line):
+    """Under ``torchrun`` (which sets ``$TORCHELASTIC_ERROR_FILE`` for each worker): ``line`` becomes the
+    worker's error report, in the JSON layout of torch's own ``ErrorHandler``. torchrun then prints it as the
+    ``traceback :`` field of its "Root Cause" summary, the last line before its closing rule, instead of "To
+    enable traceback see: ...": the user's first line (the worker's own) and last line say what happened."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):  # not under torchrun, or another report was written first
+        return
+    report = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w") as f:
+            json.dump(report, f)
+    except OSError:  # torchrun's summary then says "To enable traceback see: ..."; our line was printed anyway
+        pass
+
+
 def run_main(main, *args, **kwargs):
     """Runs ``main``; a :class:`CLIError` (or a full disk, :func:`user_error`) becomes one line on stderr and
     exit code 2."""
@@ -55,6 +73,7 @@ def run_main(main, *args, **kwargs):
             raise
         prog = os.path.basename(sys.argv[0]) or "unmix"
         print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        tell_launcher(f"{prog}: error: {message}")
         sys.exit(2)
 
 
@@ -78,12 +97,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def prepare_output_dir(path, resume, marker):
+def prepare_output_dir(path, resume, marker, create=True):
     """Creates ``path`` for a new run, refusing to overwrite a previous run unless resuming it.
 
     ``marker`` is the file whose presence means "a run lives here" (e.g. ``model_last.pth``). ``resume`` is
     a bool (the run in ``path`` itself is continued) or the checkpoint file being resumed: then ``path``
     must be that file's own folder, or a new or empty folder (the resumed run must not overwrite another).
+    ``create=False`` only checks (early, before the inputs are read); call it again to create the folder once
+    they are accepted, so that a refused run leaves no empty folder behind.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -98,6 +119,8 @@ def prepare_output_dir(path, resume, marker):
             raise CLIError(f"{path} already holds {what}: --resume {resume} writes into its own folder {own} "
                            "or into a new or empty one; choose such a --results-dir (or resume "
                            f"{path / marker} to continue the run in {path})")
+    if not create:
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -180,26 +203,140 @@ def explicit_options(parser, argv=None):
     return {k for k, v in vars(ns).items() if v is not unset}
 
 
+# sane upper bounds of the counts a run is sized by (typed or recorded in a resumed checkpoint): far above any
+# published setting, low enough that nothing sized by them (a schedule, a queue, a batch) can exhaust memory
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_QUEUE = 1 << 22  # keys (MoCo's 65,536 on ImageNet, SwAV's 3,840)
+MAX_WIDTH = 1 << 16  # feature dimensions, hidden widths, prototypes (SwAV RN50w5: 10,240 hidden, 3,000 prototypes)
+MAX_IMAGE = 4096  # image and crop sizes in pixels
+MAX_CROPS = 64  # SwAV's crops per resolution
+
+
+def count(limit):
+    """argparse type: an integer of at most ``limit`` (lower bounds are each script's range checks)."""
+    def parse(s):
+        v = int(s)
+        if v > limit:
+            raise argparse.ArgumentTypeError(f"more than the {limit:,} allowed")
+        return v
+    parse.__name__ = "int"  # argparse's "invalid int value: 'x'"
+    return parse
+
+
+# data folders whose recorded path a resumed run took from its checkpoint: read, never created or downloaded
+# into (see :func:`common.data.cifar`)
+RECORDED_DATA_ROOTS = {}
+DATA_OPTIONS = ("data", "data_path")
+
+
+def recorded_data_root(root):
+    """The checkpoint a data folder's path was adopted from, or ``None`` when the command line named it."""
+    return RECORDED_DATA_ROOTS.get(os.path.abspath(os.fspath(root)))
+
+
+def _recorded_value(parser, action, value):
+    """``value`` (recorded in a checkpoint) as the parser turns a typed one into the option's value: the same
+    type, ``choices`` and bounds; raises ``argparse.ArgumentError`` or ``ValueError``."""
+    if action.nargs == 0:  # store_true / store_false / --[no-]x switches
+        if not isinstance(value, bool):
+            raise ValueError("not true or false")
+        return value
+    if value is None and action.default is None:  # unset, as without the option
+        return None
+    many = action.nargs in ("*", "+") or isinstance(action.nargs, int) and action.nargs != 1
+    items = value if many else [value]
+    if many and not isinstance(value, (list, tuple)):
+        raise ValueError("not a list")
+    out = []
+    for v in items:
+        if isinstance(v, bool) and action.type is not bool_flag or not isinstance(v, (str, int, float)):
+            raise ValueError("not a number or text")
+        v = parser._get_value(action, v if isinstance(v, str) else _short(v, None))
+        parser._check_value(action, v)
+        out.append(v)
+    return out if many else out[0]
+
+
+def _short(v, width=60):
+    """``repr(v)``, cut to ``width`` characters (an integer too long to print names its size)."""
+    try:
+        text = repr(v)
+    except ValueError:  # int's 4300-digit limit: refused by any type anyway
+        return f"<an integer of {v.bit_length()} bits>"
+    return text if width is None or len(text) <= width else text[:width - 3] + "..."
+
+
+def _differs(given, recorded):
+    try:
+        return bool(given != recorded)
+    except Exception:  # a recorded value of another type (a tensor, ...): overridden anyway
+        return True
+
+
 def adopt_recorded_args(args, recorded, parser, argv=None, session=(), source="the checkpoint"):
     """Resume with a run's recorded settings: every option in ``recorded`` (the ``vars(args)`` saved with the
     run) that was not written on the command line is taken from it; options given again override it.
     ``session`` names per-session options (output folder, launcher settings) never taken from it.
 
-    Prints one line naming what the command line overrode; returns ``{dest: (given, recorded)}``. Without a
-    recorded dict (e.g. an upstream checkpoint) nothing is adopted and ``None`` is returned."""
+    A checkpoint is input like the command line: every adopted value goes through the parser's type, choices
+    and bounds (:func:`count`) as a typed one; a bad one is a :class:`CLIError` naming ``source`` and the
+    option. A data folder (``--data`` / ``--data_path``) taken from the record is only read
+    (:func:`recorded_data_root`). Wrap the script's range checks in :func:`recorded_checks` with the result.
+
+    Prints one line naming what the command line overrode; returns ``{dest: (given, recorded)}``, whose
+    ``adopted`` attribute names the options taken from the record. Without a recorded dict (e.g. an upstream
+    checkpoint) nothing is adopted and ``None`` is returned."""
     if not isinstance(recorded, dict):
         return None
     given = explicit_options(parser, argv)
-    names = {a.dest: next((o for o in a.option_strings if o.startswith("--")), a.dest) for a in parser._actions}
-    overridden = {}
+    actions = {a.dest: a for a in parser._actions}
+    names = {d: next((o for o in a.option_strings if o.startswith("--")), d) for d, a in actions.items()}
+    overridden = Adopted(source)
     for k, v in recorded.items():
-        if k in session or k not in names or not hasattr(args, k):
+        if not isinstance(k, str) or k in session or k not in names or not hasattr(args, k):
             continue
         if k not in given:
+            try:
+                v = _recorded_value(parser, actions[k], v)
+            except (argparse.ArgumentError, ValueError, TypeError) as e:
+                shown = _short(v)
+                reason = str(e).split(": ", 1)[-1] if isinstance(e, argparse.ArgumentError) else str(e)
+                reason = reason if len(reason) <= 160 else reason[:157] + "..."  # it may quote the value
+                raise CLIError(f"{source} records {names[k]} = {shown}, which the command line would refuse "
+                               f"({reason}): not resumed") from None
             setattr(args, k, v)
-        elif getattr(args, k) != v:
-            overridden[k] = (getattr(args, k), v)
+            overridden.adopted[k] = names[k]
+            if k in DATA_OPTIONS and isinstance(v, str):
+                RECORDED_DATA_ROOTS[os.path.abspath(v)] = source
+        elif _differs(getattr(args, k), v):
+            shown = v if isinstance(v, (str, int, float, list, tuple)) else type(v).__name__
+            overridden[k] = (getattr(args, k), shown)
     what = ", ".join(f"{names[k]} {g} (recorded: {r})" for k, (g, r) in overridden.items())
     print(f"=> resuming with the settings recorded in {source}; "
           + (f"overridden on the command line: {what}" if what else "none overridden"), flush=True)
     return overridden
+
+
+class Adopted(dict):
+    """What :func:`adopt_recorded_args` returns: the overrides, plus ``adopted`` ({dest: option}) and ``source``."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.source, self.adopted = source, {}
+
+
+@contextlib.contextmanager
+def recorded_checks(resumed):
+    """``with recorded_checks(adopt_recorded_args(...)):`` the script's range checks. A :class:`CLIError` about
+    an option whose value came from the checkpoint says so (the file and the option), so that a bad recorded
+    value reads as the checkpoint's, not the command line's."""
+    try:
+        yield
+    except CLIError as e:
+        named = [o for o in (resumed.adopted.values() if resumed is not None else ())
+                 if re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", str(e))]
+        if not named:
+            raise
+        raise CLIError(f"{e} ({', '.join(named)} as recorded in {resumed.source}: not resumed; give "
+                       f"{'it' if len(named) == 1 else 'them'} on the command line to override)") from None

@@ -20,7 +20,7 @@ import torchvision
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from .cli import CLIError
+from .cli import CLIError, recorded_data_root
 from .safepickle import NUMPY, load_pickle
 
 # Normalisation used by the official CIFAR code for *both* CIFAR-10 and CIFAR-100 (upstream quirk).
@@ -109,14 +109,22 @@ def _first_missing(path):
 def cifar(name, root, train, transform=None, download=True, cls=None):
     """``CIFAR10``/``CIFAR100`` (or a subclass ``cls`` of them) under ``root``; downloads when missing.
 
-    A folder this call created for the download is removed again when the download fails."""
+    A folder this call created for the download is removed again when the download fails. A root whose path a
+    resumed run took from its checkpoint (:func:`common.cli.recorded_data_root`) is only read: a crafted
+    checkpoint cannot make a run create folders or download anywhere."""
     cls = cls or CIFAR_CLASSES[name]
+    recorded = recorded_data_root(root)
+    download = download and recorded is None
     created = _first_missing(root)
     try:
         return cls(root=root, train=train, transform=transform, download=download)
     except CLIError:
         raise
     except RuntimeError as e:  # "Dataset not found or corrupted"
+        if recorded is not None:
+            raise CLIError(f"{name} not found under {root}, the data folder recorded in {recorded}: a resumed "
+                           "run only reads a recorded folder; name the data folder on the command line (CIFAR is "
+                           "downloaded there when missing)") from None
         raise CLIError(f"{name} not found under {root} ({e}); pass --data DIR holding "
                        f"{cls.base_folder}/ or allow the download") from None
     except OSError as e:  # offline, DNS failure, permission denied...

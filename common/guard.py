@@ -4,6 +4,8 @@ Every training loop already reads its loss as a Python number once per step (for
 or log), which is a device synchronisation it pays anyway; :func:`check_loss` only looks at that number, so
 the guard adds no synchronisation per step. Loops that do not read their loss (the linear probes on frozen
 features) accumulate a flag on the device with :class:`NonFiniteFlag` and look at it once at the end.
+Evaluations (validation, kNN monitors) count non-finite outputs and losses on the device and stop the run with
+:func:`check_eval` once per evaluation, before anything of that epoch is saved.
 Before anything is saved, :func:`check_finite_state` checks every floating-point tensor of what is about to
 be written (weights, buffers, optimizer state) in one reduction.
 
@@ -49,6 +51,21 @@ class NonFiniteFlag:
     def check(self, what, hint=HINT):
         if self.bad is not None and bool(self.bad):
             raise NonFiniteError(f"non-finite loss in {what} ({hint})")
+
+
+def nonfinite(t):
+    """The number of NaN / inf entries of ``t``, as a device tensor (no synchronisation)."""
+    return (~torch.isfinite(t.detach())).sum()
+
+
+def check_eval(count, what, hint=HINT):
+    """Evaluations (validation, kNN monitors, probes): ``count`` non-finite values (a number or a 0-d tensor
+    from :func:`nonfinite`, summed over the processes so that all stop together) in ``what`` stop the run
+    before anything is saved: weights that are finite but make the model output NaN never reach a checkpoint."""
+    n = int(count)
+    if n:
+        raise NonFiniteError(f"{n} non-finite value{'s' if n > 1 else ''} (NaN or inf) in {what}: stopped before "
+                             f"anything was saved, the last checkpoint was kept as it was ({hint})")
 
 
 def _float_tensors(obj, prefix=""):

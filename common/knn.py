@@ -4,6 +4,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .guard import check_eval, nonfinite
+
+HINT = "lower the learning rate"
+
 
 def knn_predict(feature, feature_bank, feature_labels, classes, knn_k, knn_t):
     """Class ranking [B, classes] for normalised ``feature`` [B, D] against ``feature_bank`` [D, M]."""
@@ -18,14 +22,17 @@ def knn_predict(feature, feature_bank, feature_labels, classes, knn_k, knn_t):
 
 
 @torch.no_grad()
-def extract_features(net, loader, device, desc=None):
-    """L2-normalised ``net`` outputs and labels for a whole loader (``net`` put in eval mode)."""
+def extract_features(net, loader, device, desc=None, hint=HINT):
+    """L2-normalised ``net`` outputs and labels for a whole loader (``net`` put in eval mode); non-finite
+    outputs stop the run (:func:`common.guard.check_eval`)."""
     net.eval()
     feats, labels = [], []
     for x, y in tqdm(loader, desc=desc, disable=desc is None, leave=False):
         feats.append(F.normalize(net(x.to(device, non_blocking=True)), dim=1))
         labels.append(torch.as_tensor(y))
-    return torch.cat(feats), torch.cat(labels).to(device)
+    feats = torch.cat(feats)
+    check_eval(nonfinite(feats), "the features of the model", hint)
+    return feats, torch.cat(labels).to(device)
 
 
 def num_classes(dataset):
@@ -33,18 +40,22 @@ def num_classes(dataset):
 
 
 @torch.no_grad()
-def knn_accuracy(net, memory_loader, test_loader, device, knn_k=200, knn_t=0.1, desc=None):
-    """kNN top-1 accuracy (percent) of ``net``'s features on ``test_loader``, bank from ``memory_loader``."""
-    bank, bank_labels = extract_features(net, memory_loader, device)
+def knn_accuracy(net, memory_loader, test_loader, device, knn_k=200, knn_t=0.1, desc=None, hint=HINT):
+    """kNN top-1 accuracy (percent) of ``net``'s features on ``test_loader``, bank from ``memory_loader``.
+    Non-finite features stop the run (:func:`common.guard.check_eval`) instead of giving a meaningless score."""
+    bank, bank_labels = extract_features(net, memory_loader, device, hint=hint)
     bank = bank.t().contiguous()
     classes = num_classes(memory_loader.dataset)
-    correct, total = 0, 0
+    correct, total, bad = 0, 0, 0
     bar = tqdm(test_loader, desc=desc, disable=desc is None, leave=False)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-        pred = knn_predict(F.normalize(net(x), dim=1), bank, bank_labels, classes, knn_k, knn_t)
+        feature = F.normalize(net(x), dim=1)
+        bad = bad + nonfinite(feature)
+        pred = knn_predict(feature, bank, bank_labels, classes, knn_k, knn_t)
         correct += (pred[:, 0] == y).sum().item()
         total += y.size(0)
         if desc is not None:
             bar.set_description(f"{desc} Acc@1:{correct / total * 100:.2f}%")
+    check_eval(bad, "the features of the model (kNN monitor)", hint)
     return correct / total * 100

@@ -187,14 +187,21 @@ class EpochLine:
 def warn_zero_lr_epochs(lrs, what="--epochs"):
     """Warns once when a short run spends a noticeable share of its epochs at lr 0.
 
-    ``lrs``: the lr each epoch trains with. Upstream's per-epoch cosine (the MoCo CIFAR demo) reaches lr 0 in
-    the last epoch; over the published 1000 epochs that is nothing, but ``--epochs 1`` trains not at all and
-    ``--epochs 2`` wastes half the run. Warned when at least a tenth of the epochs train at lr 0.
+    ``lrs``: the lr each epoch trains with, any iterable (a generator keeps the memory independent of the
+    epoch count). Upstream's per-epoch cosine (the MoCo CIFAR demo) reaches lr 0 in the last epoch; over the
+    published 1000 epochs that is nothing, but ``--epochs 1`` trains not at all and ``--epochs 2`` wastes half
+    the run. Warned when at least a tenth of the epochs train at lr 0 (the first ten of them are named).
     """
-    zero = [i + 1 for i, lr in enumerate(lrs) if lr == 0]
-    if zero and len(zero) * 10 >= len(lrs):
-        warnings.warn(f"with {what} {len(lrs)} the schedule trains epoch{'s' if len(zero) > 1 else ''} "
-                      f"{', '.join(map(str, zero))} of {len(lrs)} at lr 0 (upstream's per-epoch cosine reaches 0 "
+    n, zeros, zero = 0, 0, []
+    for n, lr in enumerate(lrs, 1):
+        if lr == 0:
+            zeros += 1
+            if len(zero) < 10:
+                zero.append(n)
+    if zeros and zeros * 10 >= n:
+        named = ", ".join(map(str, zero)) + (f" and {zeros - len(zero)} more" if zeros > len(zero) else "")
+        warnings.warn(f"with {what} {n} the schedule trains epoch{'s' if zeros > 1 else ''} "
+                      f"{named} of {n} at lr 0 (upstream's per-epoch cosine reaches 0 "
                       f"in the last epoch): those epochs do not change the weights; use more epochs",
                       stacklevel=2)
         return True

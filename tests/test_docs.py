@@ -2,7 +2,7 @@
 import re
 import subprocess
 
-from conftest import ROOT
+from conftest import ROOT, source_files
 
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".txt", ".toml", ".ini", ".cfg", ".yaml", ".yml", ""}
 # Notes kept beside the project for its developers, never shipped: citing them sends a user nowhere.
@@ -11,11 +11,9 @@ PRIVATE_NOTES = re.compile(r"upstream_cifar\.md|upstream_imagenet\.md|simclr_byo
 
 
 def repo_files():
-    """Tracked and new (not ignored) text files of the working tree."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.split("\n")
+    """Tracked and new (not ignored) text files of the working tree (:func:`conftest.source_files`)."""
     files = []
-    for name in filter(None, out):
+    for name in source_files():
         path = ROOT / name
         if path.is_file() and path.suffix in TEXT_SUFFIXES and path.name != "test_docs.py":
             files.append(path)

@@ -4,12 +4,14 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
+from pathlib import Path
 
 import numpy as np
 
-from conftest import ROOT, script_env
+from conftest import ROOT, script_env, source_files
 
 EXAMPLE_CHECKS = """
 import numpy as np
@@ -65,9 +67,7 @@ def test_api_names_are_the_functions_of_the_modules():
 
 def _copy_tree(dst):
     """The repository's tracked and new files, as a fresh clone would hold them (no build leftovers)."""
-    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\n")
-    for name in filter(None, names):
+    for name in source_files():
         src = ROOT / name
         if src.is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,16 @@ def _venv(path):
     # --system-site-packages reuses the installed torch; without its own pip the venv runs the system's pip
     # and setuptools, so the build needs no network (--no-build-isolation --no-index).
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(path)
-    return path / ("Scripts" if os.name == "nt" else "bin") / "python"
+    py = path / ("Scripts" if os.name == "nt" else "bin") / "python"
+    if sys.prefix != sys.base_prefix:
+        # the tests run in a virtual environment (e.g. .venv in the clone): a new venv's "system" packages are
+        # the base interpreter's, not this one's (where torch, pip, setuptools and wheel were installed); a
+        # .pth file puts this environment's packages after the new venv's own
+        site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+        Path(site, "_outer_environment.pth").write_text("".join(f"{p}\n" for p in ours))
+    return py
 
 
 def _pip(py, *args, cwd):

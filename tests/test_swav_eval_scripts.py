@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import stat
+import sys
 
 import pandas as pd
 import pytest
@@ -170,7 +171,8 @@ def test_script_unmix_c10_runs_end_to_end_on_tiny_data(tmp_path):
     data = make_cifar(tmp_path / "cifar", "cifar10", n_train=16, n_test=8)
     exp = tmp_path / "exp" / "run"
     p = bash(CIFAR_DIR / "script_unmix_c10.sh", cwd=tmp_path,
-             env=dict(DATASET_PATH=data, EXPERIMENT_PATH=exp, EPOCHS=1, BS=8, WORKERS=0, EVAL_EPOCHS=1, EVAL_BS=8))
+             env=dict(DATASET_PATH=data, EXPERIMENT_PATH=exp, EPOCHS=1, BS=8, WORKERS=0, EVAL_EPOCHS=1, EVAL_BS=8,
+                      PYTHON=sys.executable))  # the interpreter running the tests, venv activated or not
     # pretraining wrote upstream's layout...
     for f in ("checkpoint.pth.tar", "params.pkl", "stats0.pkl", "train.log", "checkpoints/ckp-0.pth"):
         assert (exp / f).is_file(), f
@@ -192,7 +194,7 @@ def test_imagenet_script_with_linear_eval_runs_end_to_end_on_tiny_data(tmp_path)
     p = bash(IMAGENET_SCRIPTS / "unmix_swav_200ep_bs256_pretrain.sh", cwd=tmp_path, env=dict(
         DATASET_PATH=root / "train", EXPERIMENT_PATH=exp, EPOCHS=1, BS=4, WORKERS=0, ARCH="resnet18",
         HIDDEN_MLP=16, NMB_PROTOTYPES=10, NMB_CROPS="2 2", SIZE_CROPS="32 16", QUEUE_LENGTH=0, LINEAR_EVAL="true",
-        EVAL_EPOCHS=1, EVAL_BS=4, EVAL_ARGS="--crop_size 32 --val_resize 32"))
+        EVAL_EPOCHS=1, EVAL_BS=4, EVAL_ARGS="--crop_size 32 --val_resize 32", PYTHON=sys.executable))
     pre = torch.load(exp / "checkpoint.pth.tar", weights_only=False)
     assert pre["state_dict"]["module.conv1.weight"].shape == (64, 3, 7, 7)  # the ImageNet stem
     assert "Loaded 174 backbone tensors" in (exp.parent / "in_linear_eval" / "train.log").read_text()

@@ -471,7 +471,8 @@ def main(argv=None):
     g = s.add_mutually_exclusive_group()
     g.add_argument("--kind", default=None, choices=kinds(),
                    help="the layout to check against (`folder`: every file of a downloaded folder)")
-    g.add_argument("--name", default=None, help="catalogue name: its kind and published md5 are checked")
+    g.add_argument("--name", default=None,
+                   help="catalogue name: its kind and, where one was published, its md5 are checked")
     add_unsafe_load_arg(s)
     s = sub.add_parser("eval-cmd", help="print (or --run) the command that reproduces the published number",
                        formatter_class=HelpFormatter)
@@ -487,12 +488,14 @@ def main(argv=None):
     elif args.cmd == "download":
         download(get(args.name), args.out, args.force)
     elif args.cmd == "verify":
-        kind, md5 = args.kind, ""
+        kind, md5, note = args.kind, "", ""
         if args.name:
             art = get(args.name)
             kind, md5 = (None if art.kind == "folder" else art.kind), art.md5
+            note = (f" (md5 matches the published {md5})" if md5 else
+                    f" (layout only: no md5 was published for {art.name}, so the bytes were not checked)")
         for line in verify_path(args.path, kind, md5, args.unsafe_load):
-            print("OK " + line)
+            print("OK " + line + note)
     else:
         cmd = eval_command(get(args.name), args.path, args.data, args.out)
         if not args.run:
@@ -505,8 +508,8 @@ def main(argv=None):
         if argv[0] == "python":
             argv[0] = sys.executable  # the interpreter running this tool, not whichever is first on PATH
         rc = subprocess.call(argv, cwd=ROOT)
-        if rc:
-            raise CLIError(f"evaluation exited with status {rc}")
+        if rc:  # the evaluation has said why (one error line): its status, nothing printed twice
+            sys.exit(rc if 0 < rc < 256 else 128 + abs(rc))
 
 
 if __name__ == "__main__":

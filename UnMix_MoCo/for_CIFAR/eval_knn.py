@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common.checkpoint import check_compatible, load_checkpoint, strip_prefix  # noqa: E402
-from common.cli import CLIError, HelpFormatter, add_unsafe_load_arg, run_main  # noqa: E402
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
+                        count, run_main)
 from common.knn import extract_features, knn_accuracy  # noqa: E402
 from common.probe import linear_probe  # noqa: E402
 from common.utils import get_device, seed_everything, worker_count  # noqa: E402
@@ -34,12 +35,13 @@ def build_parser():
     p.add_argument("--data", default=None, metavar="DIR", help="dataset root (default: the recorded one, else ./data)")
     p.add_argument("-a", "--arch", default=None, help="default: the recorded one, else resnet18")
     p.add_argument("--cifar100-stats", action="store_true", help="as in training (see unmix_c100.py --help)")
-    p.add_argument("--image-size", default=None, type=int, help="default: the recorded one, else 32")
+    p.add_argument("--image-size", default=None, type=count(MAX_IMAGE), help="default: the recorded one, else 32")
     p.add_argument("--mode", default="both", choices=["knn", "linear", "both"])
     p.add_argument("--knn-k", default=200, type=int)
     p.add_argument("--knn-t", default=0.1, type=float)
-    p.add_argument("--linear-epochs", default=500, type=int, help="linear probe epochs (Adam, lr 1e-2 -> 1e-6)")
-    p.add_argument("--batch-size", default=512, type=int, help="feature extraction batch size")
+    p.add_argument("--linear-epochs", default=500, type=count(MAX_EPOCHS),
+                   help="linear probe epochs (Adam, lr 1e-2 -> 1e-6)")
+    p.add_argument("--batch-size", default=512, type=count(MAX_BATCH), help="feature extraction batch size")
     p.add_argument("--workers", default=16, type=int)
     p.add_argument("--seed", default=0, type=int)
     p.add_argument("--output", default="", help="also write the results to this JSON file")

@@ -29,8 +29,8 @@ from tqdm import tqdm  # noqa: E402
 from common import data as D  # noqa: E402
 from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
                                restore_rng_states, save_atomic, set_rng_state)
-from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, adopt_recorded_args,  # noqa: E402
-                        prepare_output_dir, save_args)
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, MAX_QUEUE, MAX_WIDTH, CLIError, HelpFormatter,  # noqa: E402
+                        add_unsafe_load_arg, adopt_recorded_args, count, prepare_output_dir, recorded_checks, save_args)
 from common.device_aug import DeviceLoader, add_aug_arg  # noqa: E402
 from common.dist import barrier, cleanup, concat_all_gather, get_rank, init_distributed, launcher_env  # noqa: E402
 from common.guard import check_finite_state, check_loss  # noqa: E402
@@ -62,15 +62,15 @@ def build_parser(dataset="cifar10"):
     p.add_argument("-a", "--arch", default="resnet18", help="torchvision ResNet (CIFAR stem is applied)")
     p.add_argument("--lr", "--learning-rate", default=0.06, type=float, dest="lr",
                    help="initial learning rate (0.06 for batch 512, 0.03 for batch 256)")
-    p.add_argument("--epochs", default=1000, type=int, help="number of total epochs")
+    p.add_argument("--epochs", default=1000, type=count(MAX_EPOCHS), help="number of total epochs")
     p.add_argument("--schedule", default=[], nargs="*", type=int,
                    help="step milestones (x0.1 each), used only with --no-cos")
     p.add_argument("--cos", default=True, action=argparse.BooleanOptionalAction,
                    help="cosine learning rate schedule (per epoch)")
-    p.add_argument("--batch-size", default=512, type=int, help="mini-batch size")
+    p.add_argument("--batch-size", default=512, type=count(MAX_BATCH), help="mini-batch size")
     p.add_argument("--wd", default=5e-4, type=float, help="weight decay")
-    p.add_argument("--moco-dim", default=128, type=int, help="feature dimension")
-    p.add_argument("--moco-k", default=4096, type=int, help="queue size; number of negative keys")
+    p.add_argument("--moco-dim", default=128, type=count(MAX_WIDTH), help="feature dimension")
+    p.add_argument("--moco-k", default=4096, type=count(MAX_QUEUE), help="queue size; number of negative keys")
     p.add_argument("--moco-m", default=0.99, type=float, help="moco momentum of updating key encoder")
     p.add_argument("--moco-t", default=0.1, type=float, help="softmax temperature")
     p.add_argument("--prob", default=0.5, type=float,
@@ -122,7 +122,7 @@ def build_parser(dataset="cifar10"):
     p.add_argument("--cifar100-stats", action="store_true",
                    help="normalise CIFAR-100 with its own statistics (upstream used CIFAR-10's, which produced "
                         "the published numbers)")
-    p.add_argument("--image-size", default=32, type=int, help="crop size (imagefolder images are resized)")
+    p.add_argument("--image-size", default=32, type=count(MAX_IMAGE), help="crop size (imagefolder images are resized)")
     p.add_argument("--workers", default=16, type=int, help="data loading workers (capped at the CPU count)")
     p.add_argument("--seed", default=None, type=int, help="seed Python, NumPy and torch (upstream: unseeded)")
     p.add_argument("--knn-every", default=1, type=int, help="run the kNN monitor every N epochs (and the last)")
@@ -370,6 +370,21 @@ def check_args(args):
         raise CLIError("--epochs and --knn-every must be positive")
 
 
+def check_resumable(ckpt, path):
+    """A ``model_last.pth`` of this script with the state to continue from; checked before its recorded
+    settings are adopted (another script's file would bring settings this one does not know)."""
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CLIError(f"{path} has no 'state_dict': not a model_last.pth of this script")
+    if state and ("queue" not in state or not any(isinstance(k, str) and k.startswith("encoder_q.net.")
+                                                  for k in state)):  # (no weights at all: refused when loaded)
+        raise CLIError(f"checkpoint {path} does not match the model of this script (no MoCo queue and "
+                       "encoder_q.net weights): a checkpoint of another script?")
+    if not {"epoch", "optimizer"} <= set(ckpt):
+        raise CLIError(f"{path} holds weights but no 'epoch' and 'optimizer' state to resume from "
+                       "(evaluate it with eval_knn.py instead)")
+
+
 def default_results_dir(args):
     tag = {"cifar10": "C10", "cifar100": "C100"}.get(args.dataset, "ImageFolder")
     method = {"unmix": "UnMix", "samix": "SAMix", "none": "MoCo"}[args.mix]
@@ -386,10 +401,13 @@ def main(dataset="cifar10", argv=None):
     parser = build_parser(dataset)
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load) if args.resume else None  # fail early on a bad file
+    resumed = None
     if ckpt is not None:  # --resume PATH alone continues the run with its own settings
-        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS)
-    check_args(args)
-    warn_zero_lr_epochs([learning_rate(e, args) for e in range(1, args.epochs + 1)])
+        check_resumable(ckpt, args.resume)  # its kind first: another script's settings are not adopted
+        resumed = adopt_recorded_args(args, ckpt.get("args"), parser, argv, SESSION_ARGS, args.resume)
+    with recorded_checks(resumed):
+        check_args(args)
+    warn_zero_lr_epochs(learning_rate(e, args) for e in range(1, args.epochs + 1))  # no list: memory bounded
     if args.resume and not args.results_dir:
         args.results_dir = os.path.dirname(os.path.abspath(args.resume))
     args.results_dir = args.results_dir or default_results_dir(args)
@@ -409,10 +427,8 @@ def main(dataset="cifar10", argv=None):
     train_data, memory_data, test_data = build_datasets(args)
     # rank 0 checks that a resumed run writes only into its own or an empty folder (the other ranks may
     # already see the args.json rank 0 writes there)
-    results_dir = prepare_output_dir(args.results_dir, resume=args.resume if rank == 0 else bool(args.resume),
-                                     marker=CHECKPOINT)
-    if rank == 0:  # the only process that writes: what a kill during an atomic write left
-        remove_partial_files(results_dir)
+    own_folder = args.resume if rank == 0 else bool(args.resume)
+    results_dir = prepare_output_dir(args.results_dir, resume=own_folder, marker=CHECKPOINT, create=False)
     if len(train_data) < args.batch_size:
         raise CLIError(f"the training set has {len(train_data)} images, fewer than one batch of {args.batch_size}")
     workers = worker_count(args.workers)
@@ -436,13 +452,8 @@ def main(dataset="cifar10", argv=None):
 
     epoch_start, log_rows = 1, []
     if ckpt is not None:
-        state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-        if state is None:
-            raise CLIError(f"{args.resume} has no 'state_dict': not a model_last.pth of this script")
+        state = ckpt["state_dict"]
         check_compatible(model, state, what=f"checkpoint {args.resume}")
-        if not {"epoch", "optimizer"} <= set(ckpt):
-            raise CLIError(f"{args.resume} holds weights but no 'epoch' and 'optimizer' state to resume from "
-                           "(evaluate it with eval_knn.py instead)")
         model.load_state_dict(state)
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):  # {} from a run without --amp (or on the CPU): nothing to restore
@@ -457,7 +468,10 @@ def main(dataset="cifar10", argv=None):
             warnings.warn("checkpoint has no RNG state (an upstream checkpoint?): training continues, "
                           "but not bit-for-bit as an uninterrupted run")
         print(f"=> resumed from {args.resume} (epoch {ckpt['epoch']})")
-    if rank == 0:
+    # the inputs are accepted: only now is the output folder created
+    prepare_output_dir(args.results_dir, resume=own_folder, marker=CHECKPOINT)
+    if rank == 0:  # the only process that writes: what a kill during an atomic write left
+        remove_partial_files(results_dir)
         save_args(args, results_dir / "args.json")
         if log_rows:  # lost or stale after a kill between the checkpoint and the log: re-derived,
             write_log(log_rows, results_dir)  # even with nothing left to train
@@ -471,7 +485,7 @@ def main(dataset="cifar10", argv=None):
         test_acc = float("nan")
         if rank == 0 and (epoch % args.knn_every == 0 or epoch == args.epochs):  # DDP: process 0 monitors
             test_acc = knn_accuracy(model.encoder_q, memory_loader, test_loader, device, args.knn_k, args.knn_t,
-                                    desc=f"Test Epoch: [{epoch}/{args.epochs}]")
+                                    desc=f"Test Epoch: [{epoch}/{args.epochs}]", hint=HINT)
             print(f"Test Epoch: [{epoch}/{args.epochs}] Acc@1:{test_acc:.2f}%")
         # every process's RNG state (a collective), taken after the kNN monitor's draws (its DataLoaders')
         rng_states = gather_rng_states()

@@ -14,6 +14,7 @@ multicast address), the sanity check only runs when ``--pretrained`` is given, a
 ``--pretrained`` file is an error instead of a silent random init.
 """
 import argparse
+import math
 import random
 import sys
 import time
@@ -32,12 +33,12 @@ from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
                                restore_rng_states, save_atomic, strip_prefix)
-from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
-                        save_args)
+from common.cli import (MAX_IMAGE, CLIError, HelpFormatter, add_unsafe_load_arg, count,  # noqa: E402
+                        prepare_output_dir, run_main, save_args)
 from common.data import IMAGENET_MEAN, IMAGENET_STD, check_image_folder, split_dir, train_val_folders  # noqa: E402
 from common.dist import (add_dist_args, barrier, cleanup, first_rank, is_dist, launch, per_process,  # noqa: E402
                          per_process_workers, plan_launch, setup_worker)
-from common.guard import check_finite_state, check_loss  # noqa: E402
+from common.guard import check_eval, check_finite_state, check_loss  # noqa: E402
 from common.logs import EpochLine, write_csv  # noqa: E402
 from common.runstate import copy_atomic, kill_point, remove_partial_files  # noqa: E402
 from common.utils import AverageMeter, accuracy, worker_count  # noqa: E402
@@ -70,7 +71,7 @@ def get_parser():
     add_unsafe_load_arg(p)
     p.add_argument("--output-dir", default=".", help="where checkpoint.pth.tar / model_best.pth.tar go "
                                                      "(upstream: the cwd)")
-    p.add_argument("--crop-size", default=224, type=int,
+    p.add_argument("--crop-size", default=224, type=count(MAX_IMAGE),
                    help="train RandomResizedCrop / val CenterCrop size; val resizes to 256/224 of it")
     return p
 
@@ -143,6 +144,8 @@ def run_epoch(loader, model, criterion, device, optimizer=None, epoch=0, print_f
                 meters[k].update(v, images.size(0))
             if optimizer is not None:  # the NaN guard reads the value the meters read anyway
                 check_loss(meters["loss"].val, epoch, i, HINT)
+            else:  # the validation's too: finite weights whose outputs are NaN must not be saved either
+                check_eval(not math.isfinite(meters["loss"].val), f"the validation loss after epoch {epoch}", HINT)
             if optimizer is not None:
                 optimizer.zero_grad()
                 loss.backward()
@@ -249,10 +252,13 @@ def main_worker(local_index, args, plan):
     cleanup()
 
 
-def main(argv=None):
-    args = parse_args(get_parser(), argv, SESSION_ARGS)  # --resume PATH: the run's own settings
+def check_args(args):
     if args.batch_size < 1 or args.epochs < 1 or args.crop_size < 8 or args.workers < 0:
         raise CLIError("--batch-size and --epochs must be >= 1, --crop-size >= 8, -j >= 0")
+
+
+def main(argv=None):
+    args = parse_args(get_parser(), argv, SESSION_ARGS, check_args)  # --resume PATH: the run's own settings
     plan = plan_launch(args)
     for split in ("train", "val"):
         check_image_folder(split_dir(args.data, split), images=True, rank=first_rank(plan, args))

@@ -33,8 +33,8 @@ from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from common.checkpoint import (check_compatible, gather_rng_states, load_checkpoint,  # noqa: E402
                                restore_rng_states, save_atomic, strip_prefix)
-from common.cli import (CLIError, HelpFormatter, add_unsafe_load_arg, prepare_output_dir, run_main,  # noqa: E402
-                        save_args)
+from common.cli import (MAX_IMAGE, MAX_QUEUE, MAX_WIDTH, CLIError, HelpFormatter, add_unsafe_load_arg,  # noqa: E402
+                        count, prepare_output_dir, run_main, save_args)
 from common.data import TwoCrops, check_image_folder, image_folder, split_dir  # noqa: E402
 from common.dist import (add_dist_args, barrier, cleanup, first_rank, is_dist, launch, per_process,  # noqa: E402
                          per_process_workers, plan_launch, setup_worker)
@@ -74,8 +74,8 @@ def get_parser():
                         "(slower)")
     add_dist_args(p)
     # MoCo
-    p.add_argument("--moco-dim", default=128, type=int, help="feature dimension")
-    p.add_argument("--moco-k", default=65536, type=int, help="queue size (multiple of the global batch)")
+    p.add_argument("--moco-dim", default=128, type=count(MAX_WIDTH), help="feature dimension")
+    p.add_argument("--moco-k", default=65536, type=count(MAX_QUEUE), help="queue size (multiple of the global batch)")
     p.add_argument("--moco-m", default=0.999, type=float, help="key encoder momentum")
     p.add_argument("--moco-t", default=0.07, type=float, help="softmax temperature (0.2 for MoCo v2)")
     p.add_argument("--moco-tm", default=0.07, type=float, help="accepted for compatibility; unused, as upstream")
@@ -92,7 +92,7 @@ def get_parser():
     p.add_argument("--output-dir", default=".", help="where checkpoints and logs go (upstream: the cwd)")
     p.add_argument("--keep-last", default=0, type=int,
                    help="keep only the newest N checkpoint_XXXX.pth.tar (0: keep all, as upstream)")
-    p.add_argument("--crop-size", default=224, type=int, help="RandomResizedCrop size (224 upstream)")
+    p.add_argument("--crop-size", default=224, type=count(MAX_IMAGE), help="RandomResizedCrop size (224 upstream)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision with torch.amp (CUDA float16 + GradScaler, CPU bfloat16); off, as "
                         "upstream MoCo, which had none")
@@ -259,13 +259,17 @@ def main_worker(local_index, args, plan):
     cleanup()
 
 
-def main(argv=None):
-    args = parse_args(get_parser(), argv, SESSION_ARGS)  # --resume PATH: the run's own settings
-    # every user error is caught here, before any process starts or waits for the others
+def check_args(args):
     if args.batch_size < 1 or args.epochs < 1 or args.moco_k < 1 or args.crop_size < 8 or args.workers < 0:
         raise CLIError("--batch-size, --epochs and --moco-k must be >= 1, --crop-size >= 8, -j >= 0")
     if not 0.0 <= args.unmix_prob <= 1.0 or args.beta <= 0:
         raise CLIError("--unmix_prob must be in [0, 1] and --beta > 0")
+
+
+def main(argv=None):
+    # --resume PATH: the run's own settings; every user error is caught here, before any process starts or
+    # waits for the others
+    args = parse_args(get_parser(), argv, SESSION_ARGS, check_args)
     plan = plan_launch(args)
     check_image_folder(split_dir(args.data, "train"), images=True, rank=first_rank(plan, args))
     per_proc = per_process(args.batch_size, plan)

@@ -31,10 +31,11 @@ from torch.utils.data.distributed import DistributedSampler
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state)
-from common.cli import CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, bool_flag, prepare_output_dir
+from common.cli import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, CLIError, HelpFormatter, add_local_rank_arg,
+                        add_unsafe_load_arg, bool_flag, count, prepare_output_dir, recorded_checks)
 from common.data import CIFAR10_MEAN, IMAGENET_MEAN, cifar, train_val_folders
-from common.dist import barrier, cleanup, init_distributed, launcher_env
-from common.guard import check_finite_state, check_loss
+from common.dist import all_reduce_sum, barrier, cleanup, init_distributed, launcher_env
+from common.guard import check_eval, check_finite_state, check_loss, nonfinite
 from common.logs import EpochLine, write_csv
 from common.utils import AverageMeter, accuracy, seed_everything, worker_count
 
@@ -95,14 +96,14 @@ def build_parser(variant):
                         help="global average pooling (else AvgPool2d(6) on resnet50's 7x7 map)")
     parser.add_argument("--use_bn", type=bool_flag, default=False,
                         help="BatchNorm2d before the linear layer (only with --global_pooling false)")
-    parser.add_argument("--epochs", type=int, default=100, help="number of total epochs to run")
-    parser.add_argument("--batch_size", type=int, default=32, help="batch size per process")
+    parser.add_argument("--epochs", type=count(MAX_EPOCHS), default=100, help="number of total epochs to run")
+    parser.add_argument("--batch_size", type=count(MAX_BATCH), default=32, help="batch size per process")
     parser.add_argument("--num_labels", type=int, default=0,
                         help="classes of the linear layer; 0 = the dataset's number of classes "
                              "(upstream: 10 / 100 passed by the CIFAR scripts, 1000 on ImageNet)")
-    parser.add_argument("--crop_size", type=int, default=v["crop_size"], help="training crop size")
+    parser.add_argument("--crop_size", type=count(MAX_IMAGE), default=v["crop_size"], help="training crop size")
     if variant == "imagenet":
-        parser.add_argument("--val_resize", type=int, default=256,
+        parser.add_argument("--val_resize", type=count(MAX_IMAGE), default=256,
                             help="validation Resize before CenterCrop(crop_size)")
     parser.add_argument("--lr", type=float, default=0.3, help="initial learning rate")
     parser.add_argument("--wd", type=float, default=1e-6, help="weight decay")
@@ -194,13 +195,16 @@ def loader(dataset, batch_size, workers, sampler=None, shuffle=False):
                       drop_last=False, persistent_workers=False)
 
 
-def parse_run_args(parser, argv=None):
+def parse_run_args(parser, argv=None, check=lambda args: None):
     """``(args, checkpoint, recorded)``: the command line and, with ``--resume`` and a checkpoint in
     ``--dump_path``, that checkpoint (else None) and the run's recorded settings for every option not given
     again (as SwAV pretraining: the output folder, ``--resume`` and the launcher settings are per-session);
-    ``recorded`` = the settings to save with the run, before the run fills in its rank and world size."""
+    ``recorded`` = the settings to save with the run, before the run fills in its rank and world size.
+    ``check(args)``: the script's range checks (an error about a recorded value names the checkpoint)."""
     args = parser.parse_args(argv)
-    ckpt = resumed_checkpoint(parser, args, argv, os.path.join(args.dump_path, CHECKPOINT))
+    ckpt, adopted = resumed_checkpoint(parser, args, argv, os.path.join(args.dump_path, CHECKPOINT))
+    with recorded_checks(adopted):
+        check(args)
     return args, ckpt, dict(vars(args))
 
 
@@ -307,20 +311,25 @@ def train_one_epoch(model, head, optimizer, loader_, epoch, device, logger, rank
 
 
 @torch.no_grad()
-def validate(model, head, loader_, device):
-    """``(loss, top1, top5)`` averaged over ``loader_``; ``head`` is None when ``model`` has its own."""
+def validate(model, head, loader_, device, epoch=0):
+    """``(loss, top1, top5)`` averaged over ``loader_``; ``head`` is None when ``model`` has its own. A NaN or
+    inf output or loss in any process stops every process (before the epoch's checkpoint is written)."""
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     model.eval()
     if head is not None:
         head.eval()
     criterion = nn.CrossEntropyLoss()
+    bad = torch.zeros((), device=device)
     for inp, target in loader_:
         inp, target = inp.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(inp) if head is None else head(model(inp))
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
-        losses.update(criterion(output, target).item(), inp.size(0))
+        loss = criterion(output, target)
+        bad += nonfinite(output) + nonfinite(loss)
+        losses.update(loss.item(), inp.size(0))
         top1.update(acc1.item(), inp.size(0))
         top5.update(acc5.item(), inp.size(0))
+    check_eval(all_reduce_sum(bad), f"the validation after epoch {epoch} (outputs or loss)", HINT)
     return losses.avg, top1.avg, top5.avg
 
 
@@ -402,7 +411,7 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
         logger.info(f"============ Starting epoch {epoch} ... ============")
         sampler.set_epoch(epoch)
         scores = train_one_epoch(model, head, optimizer, train_loader, epoch, device, logger, rank)
-        scores_val = validate(model, head, val_loader, device)
+        scores_val = validate(model, head, val_loader, device, epoch)
         if scores_val[1] > best[0]:
             best = (scores_val[1], scores_val[2])
         if rank == 0:
@@ -429,12 +438,14 @@ def fit(model, head, optimizer, scheduler, sampler, train_loader, val_loader, ar
 
 
 def main(variant, argv=None):
-    args, ckpt, recorded = parse_run_args(build_parser(variant), argv)  # --resume: the run's own settings
-    check_positive(args, "epochs", "batch_size", "crop_size", "lr")
-    if variant == "imagenet":
-        check_positive(args, "val_resize")
-    if args.num_labels < 0:
-        raise CLIError(f"--num_labels must be >= 0 (got {args.num_labels})")
+    def check(args):
+        check_positive(args, "epochs", "batch_size", "crop_size", "lr")
+        if variant == "imagenet":
+            check_positive(args, "val_resize")
+        if args.num_labels < 0:
+            raise CLIError(f"--num_labels must be >= 0 (got {args.num_labels})")
+
+    args, ckpt, recorded = parse_run_args(build_parser(variant), argv, check)  # --resume: the run's own settings
     if not args.global_pooling and (args.arch != "resnet50" or variant == "cifar"):
         raise CLIError("--global_pooling false needs resnet50's 7x7 ImageNet feature map "
                        "(AvgPool2d(6) as upstream); use --global_pooling true")

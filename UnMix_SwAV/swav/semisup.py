@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.datasets.folder import find_classes
 
-from common.cli import CLIError, HelpFormatter
+from common.cli import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE, CLIError, HelpFormatter, count
 from common.data import check_images, read_image
 from common.dist import cleanup
 from common.utils import seed_everything
@@ -44,10 +44,10 @@ def build_parser():
                         help="local SimCLR subset list (one <wnid>_<n>.JPEG per line); default: "
                              "<data_path>/<labels_perc>percent.txt. Get it from " + SUBSET_URL)
     add_common_args(parser, VARIANTS["imagenet"])
-    parser.add_argument("--epochs", type=int, default=20, help="number of total epochs to run")
-    parser.add_argument("--batch_size", type=int, default=32, help="batch size per process")
-    parser.add_argument("--crop_size", type=int, default=224, help="training / validation crop size")
-    parser.add_argument("--val_resize", type=int, default=256, help="validation Resize before CenterCrop")
+    parser.add_argument("--epochs", type=count(MAX_EPOCHS), default=20, help="number of total epochs to run")
+    parser.add_argument("--batch_size", type=count(MAX_BATCH), default=32, help="batch size per process")
+    parser.add_argument("--crop_size", type=count(MAX_IMAGE), default=224, help="training / validation crop size")
+    parser.add_argument("--val_resize", type=count(MAX_IMAGE), default=256, help="validation Resize before CenterCrop")
     parser.add_argument("--lr", type=float, default=0.01, help="initial learning rate - trunk")
     parser.add_argument("--lr_last_layer", type=float, default=0.2, help="initial learning rate - head")
     parser.add_argument("--decay_epochs", type=int, nargs="+", default=[12, 16],
@@ -105,8 +105,9 @@ def read_subset(path):
 
 
 def main(argv=None):
-    args, ckpt, recorded = parse_run_args(build_parser(), argv)  # --resume: the run's own settings
-    check_positive(args, "epochs", "batch_size", "crop_size", "val_resize", "lr", "lr_last_layer")
+    args, ckpt, recorded = parse_run_args(  # --resume: the run's own settings
+        build_parser(), argv, lambda a: check_positive(a, "epochs", "batch_size", "crop_size", "val_resize", "lr",
+                                                       "lr_last_layer"))
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise CLIError(f"--pretrained {args.pretrained} does not exist "
                        "(pass '' to fine-tune random weights deliberately)")

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 
 from common.checkpoint import (check_compatible, get_rng_state, load_checkpoint, save_atomic,
                                set_rng_state, strip_prefix)
-from common.cli import (CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args,
-                        bool_flag, prepare_output_dir)
+from common.cli import (MAX_BATCH, MAX_CROPS, MAX_EPOCHS, MAX_IMAGE, MAX_QUEUE, MAX_WIDTH, RECORDED_DATA_ROOTS,
+                        CLIError, HelpFormatter, add_local_rank_arg, add_unsafe_load_arg, adopt_recorded_args,
+                        bool_flag, count, prepare_output_dir, recorded_checks, recorded_data_root)
 from common.data import cifar, image_folder
 from common.device_aug import DeviceLoader, add_aug_arg
 from common.dist import barrier, init_distributed, launcher_env
@@ -100,8 +101,8 @@ def build_parser(variant):
     else:
         p.add_argument("--data_path", default=d["data_path"],
                        help="the ImageNet TRAIN folder itself (ImageFolder root: <class>/<image>)")
-    p.add_argument("--nmb_crops", type=int, nargs="+", default=d["nmb_crops"], help="crops per resolution")
-    p.add_argument("--size_crops", type=int, nargs="+", default=d["size_crops"], help="crop resolutions")
+    p.add_argument("--nmb_crops", type=count(MAX_CROPS), nargs="+", default=d["nmb_crops"], help="crops per resolution")
+    p.add_argument("--size_crops", type=count(MAX_IMAGE), nargs="+", default=d["size_crops"], help="crop resolutions")
     p.add_argument("--min_scale_crops", type=float, nargs="+", default=d["min_scale_crops"],
                    help="RandomResizedCrop minimum scale per resolution")
     p.add_argument("--max_scale_crops", type=float, nargs="+", default=d["max_scale_crops"],
@@ -116,9 +117,9 @@ def build_parser(variant):
     p.add_argument("--improve_numerical_stability", type=bool_flag, default=False,
                    help="subtract the global max before exp (old Sinkhorn, CIFAR only)")
     p.add_argument("--sinkhorn_iterations", type=int, default=3, help="Sinkhorn-Knopp iterations")
-    p.add_argument("--feat_dim", type=int, default=128, help="projection (embedding) dimension")
-    p.add_argument("--nmb_prototypes", type=int, default=d["nmb_prototypes"], help="number of prototypes")
-    p.add_argument("--queue_length", type=int, default=d["queue_length"],
+    p.add_argument("--feat_dim", type=count(MAX_WIDTH), default=128, help="projection (embedding) dimension")
+    p.add_argument("--nmb_prototypes", type=count(MAX_WIDTH), default=d["nmb_prototypes"], help="number of prototypes")
+    p.add_argument("--queue_length", type=count(MAX_QUEUE), default=d["queue_length"],
                    help="global queue length, rounded to a multiple of batch_size * world_size "
                         "(see --queue_rounding); 0: no queue")
     p.add_argument("--queue_rounding", choices=["down", "up"], default="down",
@@ -126,8 +127,8 @@ def build_parser(variant):
                         "'up' rounds to the next multiple instead")
     p.add_argument("--epoch_queue_starts", type=int, default=d["epoch_queue_starts"],
                    help="epoch from which the queue is used")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs")
-    p.add_argument("--batch_size", type=int, default=d["batch_size"], help="per process")
+    p.add_argument("--epochs", type=count(MAX_EPOCHS), default=d["epochs"], help="training epochs")
+    p.add_argument("--batch_size", type=count(MAX_BATCH), default=d["batch_size"], help="per process")
     p.add_argument("--base_lr", type=float, default=d["base_lr"], help="learning rate after the warmup")
     p.add_argument("--final_lr", type=float, default=d["final_lr"], help="learning rate at the end (cosine)")
     p.add_argument("--freeze_prototypes_niters", type=int, default=d["freeze_prototypes_niters"],
@@ -141,7 +142,7 @@ def build_parser(variant):
     add_local_rank_arg(p)
     p.add_argument("--arch", default=d["arch"], choices=list(ARCHS),
                    help="resnet18 is upstream's CIFAR Bottleneck [2, 2, 2, 2] network (2048-d features)")
-    p.add_argument("--hidden_mlp", type=int, default=d["hidden_mlp"], help="projection head hidden width")
+    p.add_argument("--hidden_mlp", type=count(MAX_WIDTH), default=d["hidden_mlp"], help="projection head hidden width")
     p.add_argument("--workers", type=int, default=d["workers"], help="data workers per process")
     p.add_argument("--checkpoint_freq", type=int, default=25, help="keep checkpoints/ckp-{epoch}.pth every N")
     p.add_argument("--use_fp16", type=bool_flag, default=True,
@@ -212,7 +213,10 @@ def cifar_source(data_path, dataset):
     if data_path in ("cifar10", "cifar100"):
         if dataset not in (None, data_path):
             raise CLIError(f"--data_path {data_path} contradicts --dataset {dataset}")
-        return data_path, os.path.join("data", "CIFAR-10" if data_path == "cifar10" else "CIFAR-100")
+        root = os.path.join("data", "CIFAR-10" if data_path == "cifar10" else "CIFAR-100")
+        if recorded_data_root(data_path) is not None:  # a recorded keyword: its folder is only read too
+            RECORDED_DATA_ROOTS[os.path.abspath(root)] = recorded_data_root(data_path)
+        return data_path, root
     if not os.path.isdir(data_path):
         raise CLIError(f"--data_path {data_path} is neither 'cifar10'/'cifar100' nor an existing directory")
     if dataset is None:
@@ -233,14 +237,41 @@ def build_dataset(args, variant):
     return image_folder(args.data_path, transform=imagenet_multicrop(args))
 
 
-def lr_schedule(base_lr, final_lr, epochs, warmup_epochs, start_warmup, iters_per_epoch):
+class lr_schedule:
     """Per-iteration schedule: ``linspace(start_warmup, base_lr)`` warmup (both ends included), then
-    cosine from base_lr to final_lr; one entry per global iteration."""
-    warmup = np.linspace(start_warmup, base_lr, iters_per_epoch * warmup_epochs)
-    n = max(0, iters_per_epoch * (epochs - warmup_epochs))  # a run shorter than the warmup: warmup only
-    t = np.arange(n)
-    cosine = final_lr + 0.5 * (base_lr - final_lr) * (1 + np.cos(np.pi * t / n))
-    return np.concatenate((warmup, cosine))
+    cosine from base_lr to final_lr; one entry per global iteration.
+
+    Upstream built the whole array (``np.concatenate((warmup, cosine))``); here ``schedule[i]`` computes entry
+    ``i`` with the same float operations (``np.linspace``'s ``i * step + start``, its last entry exactly
+    ``base_lr``; the cosine as upstream wrote it), so the values are the array's, bit for bit, and the memory
+    does not grow with the epoch count. ``len()`` and ``np.asarray(schedule)`` (for tests) as the array."""
+
+    def __init__(self, base_lr, final_lr, epochs, warmup_epochs, start_warmup, iters_per_epoch):
+        self.base_lr, self.final_lr, self.start = base_lr, final_lr, start_warmup
+        self.n_warmup = iters_per_epoch * warmup_epochs
+        self.n = max(0, iters_per_epoch * (epochs - warmup_epochs))  # a run shorter than the warmup: warmup only
+
+    def __len__(self):
+        return self.n_warmup + self.n
+
+    def __getitem__(self, i):
+        i = int(i) + (len(self) if i < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i < self.n_warmup:
+            div = self.n_warmup - 1
+            if div == 0:  # np.linspace(a, b, 1) == [a]
+                return np.float64(self.start)
+            if i == div:
+                return np.float64(self.base_lr)
+            delta = np.float64(self.base_lr) - self.start
+            step = delta / div
+            return (np.float64(i) * step if step != 0 else np.float64(i) / div * delta) + self.start
+        t = np.float64(i - self.n_warmup)
+        return self.final_lr + 0.5 * (self.base_lr - self.final_lr) * (1 + np.cos(np.pi * t / self.n))
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array([self[i] for i in range(len(self))], dtype=dtype)
 
 
 def apply_sync_bn(model, args, world, device):
@@ -295,15 +326,16 @@ def fill_dump_path(args, variant):
 
 
 def resumed_checkpoint(parser, args, argv, ckpt_path):
-    """With ``--resume`` and a checkpoint at ``ckpt_path``: that checkpoint, its recorded settings adopted into
-    ``args`` for every option not given again (per-session: :data:`SESSION_ARGS`); else ``None``. Also used by
-    the linear and semi-supervised evaluations."""
+    """With ``--resume`` and a checkpoint at ``ckpt_path``: ``(checkpoint, adopted)``, its recorded settings
+    adopted into ``args`` for every option not given again (per-session: :data:`SESSION_ARGS`; ``adopted`` is
+    what :func:`common.cli.adopt_recorded_args` returns, for :func:`common.cli.recorded_checks`); else
+    ``(None, None)``. Also used by the linear and semi-supervised evaluations."""
     if not (args.resume and os.path.isfile(ckpt_path)):
-        return None
+        return None, None
     ckpt = load_checkpoint(ckpt_path, map_location="cpu", unsafe=args.unsafe_load)
-    adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, SESSION_ARGS,
-                        source=str(ckpt_path))
-    return ckpt
+    adopted = adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv,
+                                  SESSION_ARGS, source=str(ckpt_path))
+    return ckpt, adopted
 
 
 def main(variant, argv=None):
@@ -311,8 +343,9 @@ def main(variant, argv=None):
     args = parser.parse_args(argv)
     args.dump_path = fill_dump_path(args, variant)
     ckpt_path = Path(args.dump_path) / "checkpoint.pth.tar"
-    ckpt = resumed_checkpoint(parser, args, argv, ckpt_path)  # the run's own settings, options given override
-    check_args(args, variant)
+    ckpt, adopted = resumed_checkpoint(parser, args, argv, ckpt_path)  # the run's own settings; given ones win
+    with recorded_checks(adopted):
+        check_args(args, variant)
     recorded = dict(vars(args))  # the settings as given, before the run fills in rank, world size, ...
     v = VARIANT[variant]
 

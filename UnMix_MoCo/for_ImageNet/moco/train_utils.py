@@ -5,7 +5,7 @@ import math
 import torchvision.models as models
 
 from common.checkpoint import load_checkpoint
-from common.cli import adopt_recorded_args
+from common.cli import MAX_BATCH, MAX_EPOCHS, adopt_recorded_args, count, recorded_checks
 
 
 # upstream listed every lowercase callable of torchvision.models (helpers included); builders only
@@ -18,9 +18,9 @@ def add_training_args(p, data_help, epochs, lr, schedule, weight_decay):
     p.add_argument("-a", "--arch", metavar="ARCH", default="resnet50", choices=MODEL_NAMES,
                    help="torchvision backbone: " + " | ".join(MODEL_NAMES))
     p.add_argument("-j", "--workers", default=32, type=int, help="data loading workers per node")
-    p.add_argument("--epochs", default=epochs, type=int, help="number of epochs")
+    p.add_argument("--epochs", default=epochs, type=count(MAX_EPOCHS), help="number of epochs")
     p.add_argument("--start-epoch", default=0, type=int, help="manual epoch number (overwritten by --resume)")
-    p.add_argument("-b", "--batch-size", default=256, type=int,
+    p.add_argument("-b", "--batch-size", default=256, type=count(MAX_BATCH),
                    help="total batch over the processes of one node (upstream's meaning)")
     p.add_argument("--lr", "--learning-rate", default=lr, type=float, dest="lr", help="initial learning rate")
     p.add_argument("--schedule", default=schedule, nargs="*", type=int,
@@ -31,13 +31,19 @@ def add_training_args(p, data_help, epochs, lr, schedule, weight_decay):
     p.add_argument("-p", "--print-freq", default=10, type=int, help="print every N iterations")
 
 
-def parse_args(parser, argv, session):
+def parse_args(parser, argv, session, check=lambda args: None):
     """The command line; with ``--resume PATH`` every option not written on it comes from the settings recorded
-    in that checkpoint (``session`` options excepted). The checkpoint is checked again when it is used."""
+    in that checkpoint (``session`` options excepted), each checked as a typed one. The checkpoint is checked
+    again when it is used. ``check(args)``: the script's range checks (an error about a recorded value names
+    the checkpoint)."""
     args = parser.parse_args(argv)
+    adopted = None
     if args.resume:
         ckpt = load_checkpoint(args.resume, unsafe=args.unsafe_load)
-        adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv, session)
+        adopted = adopt_recorded_args(args, ckpt.get("args") if isinstance(ckpt, dict) else None, parser, argv,
+                                      session, args.resume)
+    with recorded_checks(adopted):
+        check(args)
     return args
 
 
